@@ -31,7 +31,7 @@ class Layout:
         self._struct = struct.Struct("<" + "".join(code for _, code in fields))
         self.size = self._struct.size
         self.field_names = tuple(field for field, _ in fields)
-        self._tuple = namedtuple(name, self.field_names)  # type: ignore[misc]
+        self._tuple = namedtuple(name, self.field_names, rename=True)  # type: ignore[misc]
         self._offsets: Dict[str, int] = {}
         pos = 0
         for field, code in fields:
@@ -72,9 +72,7 @@ def crc32(data: bytes) -> int:
 
 def crc32_with_zeroed_field(data: bytes, field_offset: int, field_size: int = 4) -> int:
     """CRC-32 of ``data`` with the checksum field treated as zero."""
-    return crc32(
-        data[:field_offset] + b"\0" * field_size + data[field_offset + field_size :]
-    )
+    return crc32(data[:field_offset] + b"\0" * field_size + data[field_offset + field_size :])
 
 
 def stamp_checksum(data: bytes, field_offset: int) -> bytes:
