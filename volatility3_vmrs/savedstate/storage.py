@@ -324,17 +324,16 @@ class HyperVStorage:
         for offset in S.FILE_HEADER_OFFSETS:
             raw = self.source.read(offset, S.FILE_HEADER.size)
             if len(raw) < S.FILE_HEADER.size:
-                problems.append(f"copy at {offset:#x} is truncated")
+                problems.append((offset, "copy is truncated"))
                 continue
             fields = S.FILE_HEADER.unpack(raw, where=offset)
             if fields.signature != S.FILE_HEADER_SIGNATURE:
-                problems.append(f"copy at {offset:#x} has signature {fields.signature:#010x}")
+                problems.append((offset, f"bad signature {fields.signature:#010x}"))
                 continue
             expected = S.crc32_with_zeroed_field(raw, S.FILE_HEADER.offset_of("checksum"))
             if expected != fields.checksum:
                 problems.append(
-                    f"copy at {offset:#x} has checksum {fields.checksum:#010x}, "
-                    f"computed {expected:#010x}"
+                    (offset, f"checksum {fields.checksum:#010x} != computed {expected:#010x}")
                 )
                 continue
             candidates.append((offset, fields))
@@ -344,13 +343,15 @@ class HyperVStorage:
         )
         if not candidates:
             raise NotAContainerError(
-                "no valid HyperVStorage header (" + "; ".join(problems) + ")",
+                "no valid HyperVStorage header ("
+                + "; ".join(f"copy at {where:#x}: {text}" for where, text in problems)
+                + ")",
                 structure="file header",
                 offset=0,
             )
-        for problem in problems:
+        for where, text in problems:
             # One good copy is enough to read the file, but the analyst should know.
-            self._warn("checksum", "file header", problem)
+            self._warn("checksum", "file header", text, offset=where)
         offset, fields = max(candidates, key=lambda item: item[1].sequence)
         if len(candidates) == 2 and candidates[0][1].sequence == candidates[1][1].sequence:
             self._warn(

@@ -1,0 +1,26 @@
+"""Shared fixtures: where the real Hyper-V samples live."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_NAMES = ("dissect-test.VMRS", "dissect-test.vmcx", "openvmm-88D07DD7.VMRS")
+
+
+def samples_dir() -> Path:
+    """``$VMRS_SAMPLES`` or ``../shared/samples`` beside the checkout."""
+    return Path(os.environ.get("VMRS_SAMPLES", REPO_ROOT.parent / "shared" / "samples"))
+
+
+@pytest.fixture(scope="session")
+def sample_paths() -> dict:
+    # A missing sample is a broken test environment: fail loudly, never skip.
+    directory = samples_dir()
+    paths = {name: directory / name for name in SAMPLE_NAMES}
+    missing = [str(path) for path in paths.values() if not path.is_file()]
+    assert not missing, f"real Hyper-V samples missing (set VMRS_SAMPLES): {missing}"
+    return paths
