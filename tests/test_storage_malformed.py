@@ -215,7 +215,7 @@ def test_dangling_parent():
 def test_entry_size_zero_stops_the_table_walk():
     data = base_file()
     data = patch_entry(data, "/savedstate/type", stored=4 + 12, size=0)
-    found, storage = warnings_of(data, "key-tree")
+    found, _ = warnings_of(data, "key-tree")
     assert any("entry size 0" in w.message for w in found)
 
 
@@ -259,4 +259,6 @@ def test_random_mutations_only_raise_project_errors():
         except VmrsError:
             pass
         except Exception as error:  # pragma: no cover - the assertion reports it
-            raise AssertionError(f"round {round_number}: {type(error).__name__}: {error}")
+            raise AssertionError(
+                f"round {round_number}: {type(error).__name__}: {error}"
+            ) from error
