@@ -10,6 +10,7 @@ Sizes, offsets and signatures follow ``vmrs-format.md`` (sections 2-7).
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 from collections import namedtuple
@@ -31,7 +32,7 @@ class Layout:
         self._struct = struct.Struct("<" + "".join(code for _, code in fields))
         self.size = self._struct.size
         self.field_names = tuple(field for field, _ in fields)
-        self._tuple = namedtuple(name, self.field_names, rename=True)  # type: ignore[misc]
+        self._tuple = namedtuple(re.sub(r"\W", "_", name), self.field_names, rename=True)  # type: ignore[misc]
         self._offsets: Dict[str, int] = {}
         pos = 0
         for field, code in fields:

@@ -1,0 +1,741 @@
+"""Guest RAM of a saved state: memory ranges, RamBlocks and their page records.
+
+Layout (``vmrs-format.md`` §10):
+
+* ``/savedstate/RamMemoryBlock%d`` (48 bytes, 40 in VM version 4.0 files) describes one
+  contiguous guest-physical range and where its pages start in the "memory-block page"
+  (MBP) sequence: ``mbp = mbp_index_start + (gpa_page - gpa_index_start)``.
+* The MBP sequence is cut into 1 MiB ``/savedstate/RamBlock%d`` values. A value of
+  exactly 1 MiB is raw memory; anything shorter is a stream of page records (fill,
+  multi-fill, raw, XPRESS, and an extended form) that must decode to exactly 1 MiB.
+
+Raw blocks are read straight from the file. A compressed block is indexed once, on first
+touch, into a compact table of records; pages are then decoded one at a time and kept in
+a bounded LRU cache (the DLL's SetMemoryBlockCacheLimit, counted in 1 MiB blocks).
+Unreadable memory (a hole, a missing RamBlock, a bad stream) raises
+:class:`~.errors.MemoryReadError` naming the block; it never reads as zeros unless the
+caller asks for padding.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+import struct
+import threading
+from array import array
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+from . import xpress
+from .errors import (
+    GuestMemoryFormatError,
+    GuestMemoryNotFoundError,
+    IntegrityWarning,
+    MemoryReadError,
+    UnsupportedVersionError,
+)
+from .storage import HyperVStorage, Key, KeyType
+from .structs import Layout
+
+PAGE_SIZE = 0x1000
+PAGE_SHIFT = 12
+BLOCK_SIZE = 0x100000
+PAGES_PER_BLOCK = BLOCK_SIZE // PAGE_SIZE
+MAX_GPA_PAGE = 1 << 40  # 52-bit guest-physical addresses
+MAX_RANGE_PAGES = 1 << 40  # Microsoft's limit above VM version 9.1 (§10.1)
+
+SAVEDSTATE = "/savedstate"
+
+# MEMORY_BLOCK_OBJECT_SAVE_STRUCT_CURRENT (§10.1).
+RAM_MEMORY_BLOCK = Layout(
+    "RamMemoryBlock",
+    (
+        ("saved_state_version", "I"),
+        ("flags", "I"),
+        ("page_count", "Q"),
+        ("mbp_index_start", "Q"),
+        ("gpa_index_start", "Q"),
+        ("virtual_node", "I"),
+        ("_padding", "I"),
+        ("ksr_block_id", "Q"),
+    ),
+)
+assert RAM_MEMORY_BLOCK.size == 48
+# VM version 4.0 stores the same fields without ksr_block_id (UNVERIFIED layout).
+RAM_MEMORY_BLOCK_V40 = Layout("RamMemoryBlock (40-byte form)", RAM_MEMORY_BLOCK.fields[:-1])
+assert RAM_MEMORY_BLOCK_V40.size == 40
+RAM_MEMORY_BLOCK_MAX_VERSION = 3
+RAM_MEMORY_BLOCK_FLAGS = {
+    0x1: "hot-added",
+    0x2: "SGX",
+    0x4: "VTL2",
+    0x8: "specific-purpose",
+}
+
+# Page-record tags of a compressed RamBlock (§10.3).
+TAG_END = 0xFFFFFFFF
+TAG_FILL = 0xFFFFFFFE
+TAG_MULTI_FILL = 0xFFFFFFFD
+TAG_EXTENDED = 0xFFFFFFFC
+TAG_FIELD = struct.Struct("<I")
+FILL_RECORD = struct.Struct("<Q")
+MULTI_FILL_RECORD = struct.Struct("<QI")
+EXTENDED_RECORD = struct.Struct("<II")
+
+# Kinds of decoded output, kept in the block index.
+KIND_RAW = 0
+KIND_FILL = 1
+KIND_XPRESS = 2
+KIND_NAMES = {KIND_RAW: "raw", KIND_FILL: "fill", KIND_XPRESS: "xpress"}
+
+_RAM_MEMORY_BLOCK_NAME = re.compile(r"RamMemoryBlock(\d+)\Z")
+_RAM_BLOCK_NAME = re.compile(r"RamBlock(\d+)\Z")
+
+DEFAULT_CACHE_LIMIT_BLOCKS = 64
+
+
+@dataclass(frozen=True)
+class MemoryRange:
+    """One RamMemoryBlock: a run of guest-physical pages and their place in saved RAM."""
+
+    number: int
+    key_path: str
+    gpa_page: int
+    page_count: int
+    mbp_start: int
+    flags: int = 0
+    virtual_node: int = 0
+
+    @property
+    def gpa_start(self) -> int:
+        return self.gpa_page << PAGE_SHIFT
+
+    @property
+    def gpa_end(self) -> int:
+        """First address after the range."""
+        return (self.gpa_page + self.page_count) << PAGE_SHIFT
+
+    @property
+    def first_block(self) -> int:
+        return self.mbp_start // PAGES_PER_BLOCK
+
+    @property
+    def last_block(self) -> int:
+        return (self.mbp_start + self.page_count - 1) // PAGES_PER_BLOCK
+
+    @property
+    def flag_names(self) -> List[str]:
+        return [name for bit, name in RAM_MEMORY_BLOCK_FLAGS.items() if self.flags & bit]
+
+
+class _BlockIndex:
+    """Where each byte of a compressed block's 1 MiB output comes from.
+
+    Records are kept in parallel arrays (a few bytes each) rather than objects, so an
+    indexed 4 GiB guest costs megabytes, not hundreds of them.
+    """
+
+    __slots__ = ("data_length", "kind", "out_length", "out_start", "source")
+
+    def __init__(self) -> None:
+        self.out_start = array("Q")  # offset of the record's output in the block
+        self.out_length = array("I")
+        self.kind = array("B")
+        self.source = array("Q")  # value offset of the data, or the fill pattern
+        self.data_length = array("I")  # stored bytes (0 for fills)
+
+    def add(self, out_start: int, out_length: int, kind: int, source: int, length: int) -> None:
+        self.out_start.append(out_start)
+        self.out_length.append(out_length)
+        self.kind.append(kind)
+        self.source.append(source)
+        self.data_length.append(length)
+
+    def __len__(self) -> int:
+        return len(self.kind)
+
+
+def index_page_stream(value: bytes, key_path: str) -> _BlockIndex:
+    """Index a compressed RamBlock value; it must describe exactly 1 MiB of output.
+
+    Raises :class:`GuestMemoryFormatError` naming the offset inside the value.
+    """
+    index = _BlockIndex()
+    position = 0
+    produced = 0
+    end = len(value)
+
+    def fail(message: str) -> GuestMemoryFormatError:
+        return GuestMemoryFormatError(
+            f"{message} (record at value offset {record_at:#x})",
+            structure="RamBlock page stream",
+            key_path=key_path,
+        )
+
+    while position < end and produced < BLOCK_SIZE:
+        record_at = position
+        if position + 4 > end:
+            raise fail("record tag cut off by the end of the value")
+        (tag,) = TAG_FIELD.unpack_from(value, position)
+        position += 4
+        if tag == TAG_END:
+            break
+        if tag == TAG_FILL:
+            if position + 8 > end:
+                raise fail("fill record cut off")
+            index.add(
+                produced, PAGE_SIZE, KIND_FILL, FILL_RECORD.unpack_from(value, position)[0], 0
+            )
+            position += 8
+            produced += PAGE_SIZE
+        elif tag == TAG_MULTI_FILL:
+            if position + 12 > end:
+                raise fail("multi-fill record cut off")
+            pattern, count = MULTI_FILL_RECORD.unpack_from(value, position)
+            position += 12
+            if count == 0 or produced + count * PAGE_SIZE > BLOCK_SIZE:
+                raise fail(f"multi-fill of {count} pages does not fit the 1 MiB block")
+            index.add(produced, count * PAGE_SIZE, KIND_FILL, pattern, 0)
+            produced += count * PAGE_SIZE
+        elif tag == TAG_EXTENDED:
+            if position + 8 > end:
+                raise fail("extended record cut off")
+            out_length, in_length = EXTENDED_RECORD.unpack_from(value, position)
+            position += 8
+            if position + in_length > end:
+                raise fail(f"extended record claims {in_length:#x} input bytes past the value end")
+            if produced + out_length > BLOCK_SIZE:
+                raise fail(f"extended record of {out_length:#x} bytes overflows the block")
+            if in_length > out_length:
+                raise fail(f"extended record input {in_length:#x} > output {out_length:#x}")
+            if out_length:
+                kind = KIND_RAW if in_length == out_length else KIND_XPRESS
+                index.add(produced, out_length, kind, position, in_length)
+            position += in_length
+            produced += out_length
+        elif 0 < tag <= PAGE_SIZE:
+            if position + tag > end:
+                raise fail(f"page record of {tag:#x} bytes runs past the value end")
+            kind = KIND_RAW if tag == PAGE_SIZE else KIND_XPRESS
+            index.add(produced, PAGE_SIZE, kind, position, tag)
+            position += tag
+            produced += PAGE_SIZE
+        else:
+            raise fail(f"invalid record tag {tag:#010x}")
+    if produced != BLOCK_SIZE:
+        raise GuestMemoryFormatError(
+            f"page stream decodes to {produced:#x} bytes, not the 1 MiB a RamBlock holds",
+            structure="RamBlock page stream",
+            key_path=key_path,
+        )
+    return index
+
+
+class RamBlock:
+    """One 1 MiB RamBlock value: raw, or a page-record stream indexed on first touch."""
+
+    def __init__(self, number: int, key: Key) -> None:
+        self.number = number
+        self.key = key
+        self.is_raw = key.size == BLOCK_SIZE
+        self._index: Optional[_BlockIndex] = None
+        self._error: Optional[GuestMemoryFormatError] = None
+        self._lock = threading.Lock()
+
+    @property
+    def key_path(self) -> str:
+        return self.key.path
+
+    def index(self) -> _BlockIndex:
+        """The record index (compressed blocks only); built once, errors remembered."""
+        if self._index is None:
+            with self._lock:
+                if self._error is not None:
+                    raise self._error
+                if self._index is None:
+                    try:
+                        self._index = index_page_stream(self.key.read(), self.key.path)
+                    except GuestMemoryFormatError as error:
+                        self._error = error
+                        raise
+        return self._index
+
+    def page_kinds(self) -> List[int]:
+        """The kind of each of the 256 pages (the kind of its first record)."""
+        if self.is_raw:
+            return [KIND_RAW] * PAGES_PER_BLOCK
+        index = self.index()
+        kinds = []
+        starts = index.out_start
+        for page in range(PAGES_PER_BLOCK):
+            record = bisect.bisect_right(starts, page * PAGE_SIZE) - 1
+            kinds.append(index.kind[record])
+        return kinds
+
+
+class GuestMemory:
+    """The saved guest RAM of a ``.vmrs``: physical and raw-saved-memory reads."""
+
+    def __init__(
+        self,
+        storage: HyperVStorage,
+        *,
+        cache_limit_blocks: int = DEFAULT_CACHE_LIMIT_BLOCKS,
+        vm_version: Optional[int] = None,
+    ) -> None:
+        self.storage = storage
+        self.vm_version = vm_version
+        self.warnings: List[IntegrityWarning] = []
+        self._cache: OrderedDict[int, bytes] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._cache_pages = 0
+        self.cache_limit_blocks = cache_limit_blocks
+        self.blocks: Dict[int, RamBlock] = {}
+        self.ranges: List[MemoryRange] = []
+        self._load()
+        self._range_starts = [r.gpa_page for r in self.ranges]
+        self._zero_page = bytes(PAGE_SIZE)
+
+    # --- loading ----------------------------------------------------------------------
+    def _warn(self, kind: str, structure: str, message: str, key_path: Optional[str]) -> None:
+        warning = IntegrityWarning(kind, structure, message, None, key_path)
+        if self.storage.strict:
+            raise GuestMemoryFormatError(message, structure=structure, key_path=key_path)
+        self.warnings.append(warning)
+
+    def _memory_keys(self) -> Tuple[Dict[int, Key], Dict[int, Key]]:
+        if SAVEDSTATE not in self.storage:
+            raise GuestMemoryNotFoundError(
+                "the file has no /savedstate key: it holds no saved guest memory"
+            )
+        ranges: Dict[int, Key] = {}
+        blocks: Dict[int, Key] = {}
+        for key in self.storage.get(SAVEDSTATE).children:
+            for pattern, found in ((_RAM_MEMORY_BLOCK_NAME, ranges), (_RAM_BLOCK_NAME, blocks)):
+                match = pattern.match(key.name)
+                if match:
+                    # Numbers come from the names: keys are stored in text order,
+                    # RamBlock10 before RamBlock2.
+                    found[int(match.group(1))] = key
+            # Older files (UNVERIFIED): RamMemoryBlock/<n> and RamBlock/<n> as nodes.
+            if key.is_node and key.name in ("RamMemoryBlock", "RamBlock"):
+                target = ranges if key.name == "RamMemoryBlock" else blocks
+                for child in key.children:
+                    if child.name.isdigit():
+                        target[int(child.name)] = child
+        return ranges, blocks
+
+    def _load(self) -> None:
+        range_keys, block_keys = self._memory_keys()
+        if not range_keys:
+            raise GuestMemoryNotFoundError(
+                "no /savedstate/RamMemoryBlock<n> key: the saved state describes no guest memory"
+            )
+        expected = list(range(len(range_keys)))
+        if sorted(range_keys) != expected:
+            self._warn(
+                "memory",
+                "RamMemoryBlock",
+                f"range numbers {sorted(range_keys)} are not 0..{len(range_keys) - 1}",
+                SAVEDSTATE,
+            )
+        parsed = [self._parse_range(number, key) for number, key in sorted(range_keys.items())]
+        for number, key in block_keys.items():
+            if key.type != KeyType.ARRAY:
+                self._warn("memory", "RamBlock", f"type {key.type.name}, expected Array", key.path)
+                continue
+            if key.size > BLOCK_SIZE:
+                self._warn(
+                    "memory",
+                    "RamBlock",
+                    f"value of {key.size:#x} bytes is larger than 1 MiB; block unusable",
+                    key.path,
+                )
+                continue
+            self.blocks[number] = RamBlock(number, key)
+        self.ranges = self._arrange([r for r in parsed if r is not None])
+        for memory_range in self.ranges:
+            missing = [
+                number
+                for number in range(memory_range.first_block, memory_range.last_block + 1)
+                if number not in self.blocks
+            ]
+            if missing:
+                shown = ", ".join(str(n) for n in missing[:8]) + (
+                    " ..." if len(missing) > 8 else ""
+                )
+                self._warn(
+                    "memory",
+                    "RamBlock",
+                    f"{len(missing)} RamBlock(s) missing ({shown}); their pages of GPA "
+                    f"{memory_range.gpa_start:#x}-{memory_range.gpa_end - 1:#x} are unreadable",
+                    memory_range.key_path,
+                )
+
+    def _parse_range(self, number: int, key: Key) -> Optional[MemoryRange]:
+        if key.type != KeyType.ARRAY:
+            raise GuestMemoryFormatError(
+                f"type {key.type.name}, expected Array",
+                structure="RamMemoryBlock",
+                key_path=key.path,
+            )
+        data = key.read()
+        if len(data) == RAM_MEMORY_BLOCK.size:
+            fields = RAM_MEMORY_BLOCK.unpack(data)
+        elif len(data) == RAM_MEMORY_BLOCK_V40.size:
+            fields = RAM_MEMORY_BLOCK_V40.unpack(data)
+        else:
+            raise GuestMemoryFormatError(
+                f"value of {len(data)} bytes; expected 48 (or 40 in VM version 4.0 files)",
+                structure="RamMemoryBlock",
+                key_path=key.path,
+            )
+        if self.vm_version is not None:
+            wanted = 40 if self.vm_version == 0x0400 else 48
+            if len(data) != wanted:
+                self._warn(
+                    "memory",
+                    "RamMemoryBlock",
+                    f"{len(data)}-byte form in a VM version {self.vm_version:#06x} file "
+                    f"(Microsoft's reader expects {wanted})",
+                    key.path,
+                )
+        if fields.saved_state_version > RAM_MEMORY_BLOCK_MAX_VERSION:
+            raise UnsupportedVersionError(
+                f"unsupported RamMemoryBlock version {fields.saved_state_version} "
+                f"(known up to {RAM_MEMORY_BLOCK_MAX_VERSION})",
+                structure="RamMemoryBlock",
+                key_path=key.path,
+            )
+        unknown_flags = fields.flags & ~0xF
+        if unknown_flags:
+            raise GuestMemoryFormatError(
+                f"unknown flags {unknown_flags:#x}",
+                structure="RamMemoryBlock",
+                key_path=key.path,
+            )
+        if fields.page_count == 0:
+            self._warn("memory", "RamMemoryBlock", "range of zero pages ignored", key.path)
+            return None
+        if (
+            fields.page_count > MAX_RANGE_PAGES
+            or fields.gpa_index_start + fields.page_count > MAX_GPA_PAGE
+            or fields.mbp_index_start + fields.page_count > MAX_RANGE_PAGES
+        ):
+            raise GuestMemoryFormatError(
+                f"range of {fields.page_count:#x} pages at GPA page {fields.gpa_index_start:#x} "
+                f"(MBP {fields.mbp_index_start:#x}) exceeds the 52-bit address space",
+                structure="RamMemoryBlock",
+                key_path=key.path,
+            )
+        return MemoryRange(
+            number=number,
+            key_path=key.path,
+            gpa_page=fields.gpa_index_start,
+            page_count=fields.page_count,
+            mbp_start=fields.mbp_index_start,
+            flags=fields.flags,
+            virtual_node=fields.virtual_node,
+        )
+
+    def _arrange(self, ranges: List[MemoryRange]) -> List[MemoryRange]:
+        """Sort by GPA; clip overlaps (the lower-numbered range wins) and report them."""
+        arranged: List[MemoryRange] = []
+        claimed: List[Tuple[int, int]] = []  # GPA page intervals already mapped
+        for memory_range in sorted(ranges, key=lambda r: r.number):
+            pieces = [(memory_range.gpa_page, memory_range.gpa_page + memory_range.page_count)]
+            for start, end in claimed:
+                next_pieces = []
+                for lo, hi in pieces:
+                    if hi <= start or lo >= end:
+                        next_pieces.append((lo, hi))
+                        continue
+                    self._warn(
+                        "memory",
+                        "RamMemoryBlock",
+                        f"GPA pages {max(lo, start):#x}-{min(hi, end) - 1:#x} overlap an "
+                        "earlier range; the earlier one is used",
+                        memory_range.key_path,
+                    )
+                    if lo < start:
+                        next_pieces.append((lo, start))
+                    if hi > end:
+                        next_pieces.append((end, hi))
+                pieces = next_pieces
+            for lo, hi in pieces:
+                arranged.append(
+                    MemoryRange(
+                        number=memory_range.number,
+                        key_path=memory_range.key_path,
+                        gpa_page=lo,
+                        page_count=hi - lo,
+                        mbp_start=memory_range.mbp_start + (lo - memory_range.gpa_page),
+                        flags=memory_range.flags,
+                        virtual_node=memory_range.virtual_node,
+                    )
+                )
+                claimed.append((lo, hi))
+        arranged.sort(key=lambda r: r.gpa_page)
+        mbp_sorted = sorted(arranged, key=lambda r: r.mbp_start)
+        for before, after in zip(mbp_sorted, mbp_sorted[1:]):
+            if before.mbp_start + before.page_count > after.mbp_start:
+                self._warn(
+                    "memory",
+                    "RamMemoryBlock",
+                    f"saved-RAM pages of {before.key_path} and {after.key_path} overlap",
+                    after.key_path,
+                )
+        return arranged
+
+    # --- layout queries ---------------------------------------------------------------
+    @property
+    def total_pages(self) -> int:
+        return sum(r.page_count for r in self.ranges)
+
+    @property
+    def raw_size(self) -> int:
+        """Size of the raw saved memory (MBP byte space): end of the last range's pages.
+
+        GetGuestRawSavedMemorySize has no public definition; this choice keeps every
+        offset GuestPhysicalAddressToRawSavedMemoryOffset returns below the size.
+        """
+        return max((r.mbp_start + r.page_count for r in self.ranges), default=0) * PAGE_SIZE
+
+    def range_of(self, gpa: int) -> Optional[MemoryRange]:
+        page = gpa >> PAGE_SHIFT
+        position = bisect.bisect_right(self._range_starts, page) - 1
+        if position >= 0:
+            memory_range = self.ranges[position]
+            if page < memory_range.gpa_page + memory_range.page_count:
+                return memory_range
+        return None
+
+    def is_mapped(self, gpa: int) -> bool:
+        return self.range_of(gpa) is not None
+
+    def gpa_to_raw_offset(self, gpa: int) -> int:
+        memory_range = self.range_of(gpa)
+        if memory_range is None:
+            raise MemoryReadError(
+                f"guest-physical address {gpa:#x} is in no saved memory range", address=gpa
+            )
+        return (
+            (memory_range.mbp_start + (gpa >> PAGE_SHIFT) - memory_range.gpa_page) << PAGE_SHIFT
+        ) | (gpa & (PAGE_SIZE - 1))
+
+    def spans(self, gpa: int, size: int) -> Iterator[Tuple[int, int, Optional[int]]]:
+        """Split ``[gpa, gpa+size)`` into (gpa, length, raw offset or None for a hole)."""
+        end = gpa + size
+        while gpa < end:
+            memory_range = self.range_of(gpa)
+            if memory_range is None:
+                position = bisect.bisect_right(self._range_starts, gpa >> PAGE_SHIFT)
+                next_start = self.ranges[position].gpa_start if position < len(self.ranges) else end
+                length = min(end, max(next_start, gpa + 1)) - gpa
+                yield gpa, length, None
+            else:
+                length = min(end, memory_range.gpa_end) - gpa
+                raw = ((memory_range.mbp_start - memory_range.gpa_page) << PAGE_SHIFT) + gpa
+                yield gpa, length, raw
+            gpa += length
+
+    # --- reads ------------------------------------------------------------------------
+    def read_physical(self, gpa: int, size: int, pad: bool = False) -> bytes:
+        """Read guest-physical memory. A hole raises unless ``pad`` fills it with zeros."""
+        if pad:
+            return self.read_physical_padded(gpa, size)[0]
+        pieces = []
+        for start, length, raw in self.spans(gpa, size):
+            if raw is None:
+                raise MemoryReadError(
+                    f"guest-physical address {start:#x} is not backed by saved memory (a hole "
+                    "between memory ranges)",
+                    address=start,
+                )
+            pieces.append(self.read_raw(raw, length))
+        return b"".join(pieces)
+
+    def read_physical_padded(self, gpa: int, size: int) -> Tuple[bytes, List[Tuple[int, int]]]:
+        """Read with holes and unreadable pages as zeros; also returns (gpa, length) missed."""
+        pieces = []
+        missing: List[Tuple[int, int]] = []
+        for start, length, raw in self.spans(gpa, size):
+            if raw is None:
+                pieces.append(bytes(length))
+                missing.append((start, length))
+                continue
+            try:
+                pieces.append(self.read_raw(raw, length))
+            except MemoryReadError:
+                # Fall back page by page so one bad block does not hide its neighbours.
+                offset = 0
+                while offset < length:
+                    step = min(length - offset, PAGE_SIZE - ((raw + offset) & (PAGE_SIZE - 1)))
+                    try:
+                        pieces.append(self.read_raw(raw + offset, step))
+                    except MemoryReadError:
+                        pieces.append(bytes(step))
+                        missing.append((start + offset, step))
+                    offset += step
+        return b"".join(pieces), missing
+
+    def read_raw(self, offset: int, size: int) -> bytes:
+        """Read the raw saved memory (all RamBlocks as one sequence of MBP pages)."""
+        if offset < 0 or size < 0:
+            raise MemoryReadError(f"bad raw read {offset:#x}+{size:#x}", address=offset)
+        pieces = []
+        while size > 0:
+            number, within = divmod(offset, BLOCK_SIZE)
+            length = min(size, BLOCK_SIZE - within)
+            block = self.blocks.get(number)
+            if block is None:
+                raise MemoryReadError(
+                    f"saved RAM at raw offset {offset:#x} is in /savedstate/RamBlock{number}, "
+                    "which the file does not hold",
+                    address=offset,
+                    block=f"{SAVEDSTATE}/RamBlock{number}",
+                )
+            if block.is_raw:
+                pieces.append(block.key.read(within, length))
+            else:
+                pieces.append(self._read_compressed(block, within, length))
+            offset += length
+            size -= length
+        return b"".join(pieces)
+
+    def _read_compressed(self, block: RamBlock, within: int, length: int) -> bytes:
+        first = within >> PAGE_SHIFT
+        last = (within + length - 1) >> PAGE_SHIFT
+        pages = [self._page(block, page) for page in range(first, last + 1)]
+        data = pages[0] if len(pages) == 1 else b"".join(pages)
+        start = within & (PAGE_SIZE - 1)
+        if start == 0 and len(data) == length:
+            return data
+        return data[start : start + length]
+
+    def _page(self, block: RamBlock, page: int) -> bytes:
+        mbp = block.number * PAGES_PER_BLOCK + page
+        cached = self._cache.get(mbp)
+        if cached is not None:
+            with self._cache_lock:
+                if mbp in self._cache:
+                    self._cache.move_to_end(mbp)
+            return cached
+        try:
+            index = block.index()
+        except GuestMemoryFormatError as error:
+            raise MemoryReadError(
+                f"{block.key_path} cannot be decoded: {error.detail}",
+                address=mbp << PAGE_SHIFT,
+                block=block.key_path,
+            ) from error
+        page_start = page << PAGE_SHIFT
+        page_end = page_start + PAGE_SIZE
+        record = bisect.bisect_right(index.out_start, page_start) - 1
+        if index.out_start[record] + index.out_length[record] >= page_end:
+            # The usual case: one record covers the whole page.
+            data = self._decode_record(block, index, record, page_start, PAGE_SIZE)
+            compressed = index.kind[record] == KIND_XPRESS
+        else:
+            # Records that do not line up with pages (extended records): gather.
+            parts = []
+            compressed = False
+            position = page_start
+            while position < page_end:
+                record = bisect.bisect_right(index.out_start, position) - 1
+                take = min(index.out_start[record] + index.out_length[record], page_end) - position
+                parts.append(self._decode_record(block, index, record, position, take))
+                compressed = compressed or index.kind[record] == KIND_XPRESS
+                position += take
+            data = b"".join(parts)
+        if compressed and self._cache_limit_blocks:
+            self._remember(mbp, data)
+        return data
+
+    def _decode_record(
+        self, block: RamBlock, index: _BlockIndex, record: int, position: int, length: int
+    ) -> bytes:
+        """``length`` bytes of output at block offset ``position`` from one record."""
+        kind = index.kind[record]
+        skip = position - index.out_start[record]
+        if kind == KIND_FILL:
+            pattern = struct.pack("<Q", index.source[record])
+            if pattern == b"\0" * 8 and length == PAGE_SIZE:
+                return self._zero_page
+            return (pattern * ((skip + length) // 8 + 2))[skip % 8 : skip % 8 + length]
+        stored = block.key.read(index.source[record], index.data_length[record])
+        if kind == KIND_RAW:
+            return stored[skip : skip + length]
+        try:
+            output = xpress.decompress(stored, index.out_length[record])
+        except GuestMemoryFormatError as error:
+            raise MemoryReadError(
+                f"{block.key_path}: XPRESS data at value offset {index.source[record]:#x} "
+                f"cannot be decompressed: {error.detail}",
+                address=(block.number * BLOCK_SIZE + position),
+                block=block.key_path,
+            ) from error
+        return output[skip : skip + length]
+
+    # --- cache ------------------------------------------------------------------------
+    @property
+    def cache_limit_blocks(self) -> int:
+        return self._cache_limit_blocks
+
+    @cache_limit_blocks.setter
+    def cache_limit_blocks(self, blocks: int) -> None:
+        if blocks < 0:
+            raise ValueError("cache limit must be >= 0")
+        self._cache_limit_blocks = blocks
+        self._trim_cache()
+
+    def _remember(self, mbp: int, data: bytes) -> None:
+        with self._cache_lock:
+            if mbp not in self._cache:
+                self._cache[mbp] = data
+            self._trim_cache_locked()
+
+    def _trim_cache(self) -> None:
+        with self._cache_lock:
+            self._trim_cache_locked()
+
+    def _trim_cache_locked(self) -> None:
+        limit = self._cache_limit_blocks * PAGES_PER_BLOCK
+        while len(self._cache) > limit:
+            self._cache.popitem(last=False)
+
+    # --- statistics -------------------------------------------------------------------
+    def page_kind_counts(
+        self,
+        memory_range: MemoryRange,
+        progress: Optional[Callable[[float, str], None]] = None,
+    ) -> Counter:
+        """Count raw / fill / xpress / missing / bad pages of a range (indexes its blocks)."""
+        counts: Counter = Counter()
+        blocks = range(memory_range.first_block, memory_range.last_block + 1)
+        for position, number in enumerate(blocks):
+            if progress is not None:
+                progress(
+                    100.0 * position / max(1, len(blocks)), f"Indexing {memory_range.key_path}"
+                )
+            lo = max(memory_range.mbp_start, number * PAGES_PER_BLOCK)
+            hi = min(
+                memory_range.mbp_start + memory_range.page_count, (number + 1) * PAGES_PER_BLOCK
+            )
+            block = self.blocks.get(number)
+            if block is None:
+                counts["missing"] += hi - lo
+                continue
+            try:
+                kinds = block.page_kinds()
+            except GuestMemoryFormatError:
+                counts["bad"] += hi - lo
+                continue
+            for mbp in range(lo, hi):
+                counts[KIND_NAMES[kinds[mbp - number * PAGES_PER_BLOCK]]] += 1
+        return counts
+
+    def blocks_of(self, memory_range: MemoryRange) -> List[int]:
+        return list(range(memory_range.first_block, memory_range.last_block + 1))
