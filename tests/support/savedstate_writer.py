@@ -134,6 +134,7 @@ class SavedStateWriter:
         vm_version: int = 0x0A00,
         memory_block_size: int = 48,
         drop_blocks: Sequence[int] = (),
+        block_values: Optional[Dict[int, bytes]] = None,
         extra_keys: Optional[Dict[str, object]] = None,
         **container_options: object,
     ) -> None:
@@ -146,6 +147,8 @@ class SavedStateWriter:
         self.vm_version = vm_version
         self.memory_block_size = memory_block_size
         self.drop_blocks = set(drop_blocks)
+        # Replacement values for chosen RamBlocks (to plant broken streams).
+        self.block_values = block_values or {}
         self.extra_keys = extra_keys or {}
         self.container_options = container_options
 
@@ -203,6 +206,7 @@ class SavedStateWriter:
                     info.page_kinds[mbp] = kind
             if number in self.drop_blocks:
                 continue
+            value = self.block_values.get(number, value)
             container.set(f"/savedstate/RamBlock{number}", value, file_object=True)
         for path, value in self.extra_keys.items():
             container.set(path, value)  # type: ignore[arg-type]
