@@ -62,11 +62,11 @@ VARIANTS = [
 
 @pytest.fixture(scope="module", params=VARIANTS, ids=lambda v: "-".join(str(x) for x in v.values()))
 def variant(request):
-    return build(**request.param) + (request.param,)
+    return (*build(**request.param), request.param)
 
 
 def test_every_page_comes_back(variant):
-    memory, info, options = variant
+    memory, _, options = variant
     assert memory.warnings == []
     for gpa, data in RANGES:
         assert memory.read_physical(gpa, len(data)) == data
@@ -122,7 +122,7 @@ def test_holes_fail_or_pad(variant):
 
 
 def test_missing_ramblock_is_reported_and_unreadable():
-    memory, info = build(layout="openvmm", compression="raw", drop_blocks=[1])
+    memory, _ = build(layout="openvmm", compression="raw", drop_blocks=[1])
     assert any("missing" in w.message and "RamBlock" in w.structure for w in memory.warnings)
     with pytest.raises(MemoryReadError, match="RamBlock1") as caught:
         memory.read_physical(0x100000, 16)
@@ -211,7 +211,7 @@ def test_xpress_page_that_fails_to_decode_names_the_block():
     broken = stream[:start] + b"\xff" * length + stream[start + length :]
     data, _ = SavedStateWriter([(0, block)], None, block_values={0: broken}).build()
     memory = GuestMemory(HyperVStorage(io.BytesIO(data)))
-    with pytest.raises(MemoryReadError, match="RamBlock0.*XPRESS") as caught:
+    with pytest.raises(MemoryReadError, match=r"RamBlock0.*XPRESS") as caught:
         memory.read_physical(first_xpress * PAGE, PAGE)
     assert caught.value.block == "/savedstate/RamBlock0"
     # The other pages of the block still read.
