@@ -1,0 +1,167 @@
+"""Oracle: stock Volatility 3 Linux plugins on the committed QEMU guest dump + our ISF.
+
+These runs are the reference ("oracle") that the .vmrs layer will later be compared to.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, List
+
+import pytest
+
+from tests.fixtures.linux_guest import artefacts
+from tests.fixtures.linux_guest.artefacts import linux_guest_elf, linux_guest_symbols
+
+__all__ = ["linux_guest_elf", "linux_guest_symbols"]
+
+MANIFEST = artefacts.load_manifest()
+NAMED = MANIFEST["processes"]["named"]
+
+
+@pytest.fixture(scope="module")
+def vol_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("vol_cache")
+
+
+@pytest.fixture(scope="module")
+def run_vol(linux_guest_elf, linux_guest_symbols, vol_cache):
+    results: Dict[str, List[Dict[str, Any]]] = {}
+
+    def run(plugin: str) -> List[Dict[str, Any]]:
+        if plugin not in results:
+            cmd = [
+                sys.executable,
+                "-m",
+                "volatility3.cli",
+                "-q",
+                "-r",
+                "json",
+                "--cache-path",
+                str(vol_cache),
+                "-s",
+                str(linux_guest_symbols),
+                "-f",
+                str(linux_guest_elf),
+                plugin,
+            ]
+            env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+            assert proc.returncode == 0, f"{plugin} failed:\n{proc.stderr[-4000:]}"
+            start = proc.stdout.find("[")
+            assert start >= 0, (
+                f"{plugin}: no JSON output:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+            )
+            results[plugin] = json.loads(proc.stdout[start:])
+        return results[plugin]
+
+    return run
+
+
+def flatten(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    out = []
+    for row in rows:
+        out.append(row)
+        out.extend(flatten(row.get("__children", [])))
+    return out
+
+
+def test_pslist_named_processes_and_parentage(run_vol):
+    rows = run_vol("linux.pslist")
+    by_name: Dict[str, Dict[str, Any]] = {}
+    for row in flatten(rows):
+        by_name.setdefault(row["COMM"], row)
+    for name in NAMED:
+        assert name in by_name, f"{name} missing from pslist"
+    for parent, child in MANIFEST["processes"]["parent_child"]:
+        assert by_name[child]["PPID"] == by_name[parent]["PID"]
+    init_pid = by_name["init"]["PID"]
+    for name in ("vmrs_alpha", "vmrs_bravo", "vmrs_charlie", "vmrs_parent", "vmrs_spin"):
+        assert by_name[name]["PPID"] == init_pid, name
+    assert by_name[MANIFEST["processes"]["spinning"]]["PID"] > 0
+    assert len(rows) > 30  # kernel threads too
+
+
+def test_pstree_nests_child_under_parent(run_vol):
+    rows = run_vol("linux.pstree")
+
+    def find(nodes, name):
+        for node in nodes:
+            if node["COMM"] == name:
+                return node
+            hit = find(node.get("__children", []), name)
+            if hit:
+                return hit
+        return None
+
+    parent = find(rows, "vmrs_parent")
+    assert parent is not None
+    assert [c["COMM"] for c in parent["__children"]] == ["vmrs_child"]
+
+
+def test_psaux_arguments(run_vol):
+    rows = {r["COMM"]: r for r in flatten(run_vol("linux.psaux"))}
+    assert rows["vmrs_alpha"]["ARGS"] == "sleep 86400"
+    assert rows["vmrs_child"]["ARGS"] == "sleep 86403"
+    assert "while" in rows["vmrs_spin"]["ARGS"]
+
+
+def test_envars_of_named_process(run_vol):
+    rows = flatten(run_vol("linux.envars"))
+    env = {
+        r["KEY"]: r["VALUE"]
+        for r in rows
+        if r["COMM"] == MANIFEST["processes"]["environment_process"]
+    }
+    for key, value in MANIFEST["processes"]["environment"].items():
+        assert env.get(key) == value, key
+
+
+def test_lsmod_lists_loaded_modules(run_vol):
+    rows = flatten(run_vol("linux.lsmod"))
+    names = {r["Module Name"] for r in rows}
+    assert set(MANIFEST["modules"]) <= names
+    assert all(r["Code Size"] > 0 for r in rows)
+
+
+def test_kmsg_has_boot_log(run_vol):
+    rows = flatten(run_vol("linux.kmsg"))
+    assert len(rows) > 50
+    assert rows[0]["line"] == MANIFEST["banner"].rstrip("\n")
+
+
+def test_boottime(run_vol):
+    rows = flatten(run_vol("linux.boottime"))
+    assert len(rows) == 1
+    assert rows[0]["Boot Time"]
+
+
+def test_proc_maps(run_vol):
+    rows = flatten(run_vol("linux.proc.Maps"))
+    spin = [r for r in rows if r["Process"] == "vmrs_spin"]
+    assert spin, "no mappings for vmrs_spin"
+    assert any(r["File Path"] == "/bin/busybox" and "x" in r["Flags"] for r in spin)
+
+
+def test_registers_show_spinning_user_mode_cpu():
+    regs = artefacts.load_registers()["cpus"]
+    assert len(regs) == 2
+    user = [c for c in regs if c["CS"]["selector"] & 3 == 3]
+    assert user, "no vCPU in user mode"
+    # KPTI: the user page-table root is the kernel one with bit 12 set
+    assert all(c["CR3"] & 0x1000 for c in user)
+    assert all(c["EFER"] & 0x500 == 0x500 for c in regs)  # LME|LMA
+    for c in regs:
+        assert "KERNEL_GS_BASE" in c
+
+
+def test_elf_ram_ranges_match_manifest(linux_guest_elf):
+    ram = artefacts.read_elf_ram(linux_guest_elf)
+    assert [[gpa, len(data)] for gpa, data in ram] == MANIFEST["ram_ranges"]
+    assert any(gpa >= 1 << 32 for gpa, _ in ram), "expected RAM above 4 GiB"
+    total = sum(len(data) for _, data in ram)
+    assert total >= 256 << 20
