@@ -57,7 +57,7 @@ def entry_offset(data: bytes, path: str) -> int:
 def patch_entry(data: bytes, path: str, *, stored: int, **fields) -> bytes:
     """Rewrite fields of a key entry's header and re-stamp its checksum."""
     offset = entry_offset(data, path)
-    header = S.KEY_ENTRY_HEADER.unpack(data, offset)._asdict()
+    header = S.KEY_ENTRY_HEADER.as_dict(S.KEY_ENTRY_HEADER.unpack(data, offset))
     header.update(fields)
     packed = S.KEY_ENTRY_HEADER.pack(**header)
     image = bytearray(data)

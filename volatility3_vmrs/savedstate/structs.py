@@ -52,6 +52,10 @@ class Layout:
             )
         return self._tuple._make(self._struct.unpack_from(data, offset))
 
+    def as_dict(self, unpacked: Any) -> Dict[str, Any]:
+        """Field values by their declared names (padding names included)."""
+        return dict(zip(self.field_names, unpacked))
+
     def pack(self, **values: Any) -> bytes:
         args = []
         for field, code in self.fields:

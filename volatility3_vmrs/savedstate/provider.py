@@ -1,0 +1,333 @@
+"""The VM Saved State Dump Provider, in Python.
+
+:class:`SavedStateDump` offers what Microsoft's ``vmsavedstatedumpprovider.dll`` offers
+for a ``.vmrs`` file (API doc §4.1-4.5), in Pythonic form, over the container
+(:mod:`.storage`), the guest memory (:mod:`.memory`), the processor state
+(:mod:`.processors`) and the page-table walk (:mod:`.paging`). The module-level
+functions with the DLL's exact names (``LoadSavedStateFile``, ``GetVpCount``, ...) live
+in :mod:`.api` for people porting C/C++ code.
+
+Differences from the DLL, on purpose:
+
+* the file is opened read-only; a pending replay log is applied in memory (the DLL
+  refuses a read-only open of such a file) and reported in :attr:`SavedStateDump.warnings`;
+* the decoded-page cache is on by default (the DLL's default is 0, "no cache"), because
+  a Volatility run without one would decode the same pages again and again;
+* symbol, stack-unwind and nested-host-mode functions are not offered: the file format
+  alone cannot serve them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+from .errors import (
+    IntegrityWarning,
+    InvalidArgumentError,
+    NotAContainerError,
+    PartitionStateNotFoundError,
+    UnsupportedLegacyFormatError,
+    VmrsError,
+)
+from .memory import DEFAULT_CACHE_LIMIT_BLOCKS, PAGE_SIZE, GuestMemory, MemoryRange
+from .paging import Translation, translate
+from .processors import PartitionState, RegisterSet, VirtualProcessor
+from .source import PathOrFile
+from .storage import HyperVStorage, Key
+from .types import (
+    GPA_MEMORY_CHUNK,
+    PAGING_MODE,
+    VIRTUAL_PROCESSOR_ARCH,
+    GuestOsInfo,
+    RegisterValue,
+)
+
+PARTITION_STATE_PATH = "/savedstate/savedVM/partition_state"
+VM_VERSION_PATH = "/savedstate/VmVersion"
+CONFIG_VERSION_PATH = "/configuration/properties/version"
+SAVED_STATE_TYPE_PATH = "/savedstate/type"
+LEGACY_EXTENSIONS = (".bin", ".vsv")
+
+LEGACY_MESSAGE = (
+    "the legacy .bin + .vsv saved-state pair (Windows Server 2012 R2 and earlier) is not "
+    "publicly documented and is not supported; only .vmrs files can be read"
+)
+
+
+def _legacy_error(path: str) -> UnsupportedLegacyFormatError:
+    return UnsupportedLegacyFormatError(
+        LEGACY_MESSAGE, structure="file", key_path=None, offset=None
+    )
+
+
+class SavedStateDump:
+    """A loaded saved-state file: processors, guest memory and the key tree.
+
+    ``source`` is a path or a binary file object opened for reading. Use as a context
+    manager or call :meth:`close` (the DLL's ReleaseSavedStateFiles).
+    """
+
+    def __init__(
+        self,
+        source: PathOrFile,
+        *,
+        strict: bool = False,
+        cache_limit_blocks: int = DEFAULT_CACHE_LIMIT_BLOCKS,
+    ) -> None:
+        name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else ""
+        try:
+            self.storage = HyperVStorage(source, strict=strict)
+        except NotAContainerError:
+            if name.lower().endswith(LEGACY_EXTENSIONS):
+                raise _legacy_error(name) from None
+            raise
+        try:
+            if PARTITION_STATE_PATH not in self.storage:
+                raise PartitionStateNotFoundError()
+            self.vm_version: Optional[int] = self._optional_int(VM_VERSION_PATH)
+            blob_key = self.storage.get(PARTITION_STATE_PATH)
+            self.partition = PartitionState.parse(blob_key.read(), key_path=blob_key.path)
+            self.memory = GuestMemory(
+                self.storage, cache_limit_blocks=cache_limit_blocks, vm_version=self.vm_version
+            )
+        except BaseException:
+            self.storage.close()
+            raise
+        self._forced_arch: Dict[int, VIRTUAL_PROCESSOR_ARCH] = {}
+        self._forced_paging: Dict[int, PAGING_MODE] = {}
+        self._forced_vtl: Dict[int, int] = {}
+
+    @classmethod
+    def load(cls, source: PathOrFile, **options: Any) -> SavedStateDump:
+        return cls(source, **options)
+
+    @classmethod
+    def load_pair(cls, bin_path: str, vsv_path: str) -> SavedStateDump:
+        """LoadSavedStateFiles: the legacy pair is not documented, so it is refused."""
+        raise _legacy_error(bin_path)
+
+    def close(self) -> None:
+        self.storage.close()
+
+    def __enter__(self) -> SavedStateDump:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _optional_int(self, path: str) -> Optional[int]:
+        if path not in self.storage:
+            return None
+        value = self.storage.value(path)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    # --- file-level facts -------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.storage.name
+
+    @property
+    def config_version(self) -> Optional[int]:
+        return self._optional_int(CONFIG_VERSION_PATH)
+
+    @property
+    def saved_state_type(self) -> Optional[str]:
+        if SAVED_STATE_TYPE_PATH not in self.storage:
+            return None
+        value = self.storage.value(SAVED_STATE_TYPE_PATH)
+        return value if isinstance(value, str) else None
+
+    @property
+    def warnings(self) -> List[IntegrityWarning]:
+        """Every problem reading tolerated: container, processors and memory."""
+        return self.storage.warnings + self.partition.warnings + self.memory.warnings
+
+    def keys(self, prefix: str = "/") -> Iterator[Key]:
+        return self.storage.walk(prefix)
+
+    def value(self, path: str) -> Any:
+        return self.storage.value(path)
+
+    # --- partition and processors -----------------------------------------------------
+    @property
+    def vp_count(self) -> int:
+        return self.partition.vp_count
+
+    @property
+    def vp_indices(self) -> List[int]:
+        return sorted(self.partition.vps)
+
+    @property
+    def guest_enabled_vtls(self) -> int:
+        """GetGuestEnabledVirtualTrustLevels: bit n = VTL n enabled in the partition."""
+        return self.partition.enabled_vtls
+
+    def guest_os_info(self, vtl: int = 0) -> GuestOsInfo:
+        return self.partition.guest_os_info_for(vtl)
+
+    def vp(self, vp_index: int) -> VirtualProcessor:
+        try:
+            return self.partition.vps[vp_index]
+        except (KeyError, TypeError):
+            raise InvalidArgumentError(
+                f"no virtual processor {vp_index!r} (the file has {self.vp_indices})"
+            ) from None
+
+    def active_vtl(self, vp_index: int) -> int:
+        return self._forced_vtl.get(vp_index, self.vp(vp_index).active_vtl)
+
+    def enabled_vtls(self, vp_index: int) -> int:
+        return self.vp(vp_index).enabled_vtls
+
+    def force_active_vtl(self, vp_index: int, vtl: int) -> None:
+        """ForceActiveVirtualTrustLevel: registers and translation use ``vtl`` from now on."""
+        self.vp(vp_index).registers_for(vtl)  # raises VpVtlNotEnabledError if absent
+        self._forced_vtl[vp_index] = vtl
+
+    def active_vtl_enabled(self, vp_index: int) -> bool:
+        return self.active_vtl(vp_index) in self.vp(vp_index).vtls
+
+    def registers(self, vp_index: int, vtl: Optional[int] = None) -> RegisterSet:
+        """The register set of a VP, for its active (or forced) VTL unless ``vtl`` is given."""
+        processor = self.vp(vp_index)
+        return processor.registers_for(self.active_vtl(vp_index) if vtl is None else vtl)
+
+    def register(self, vp_index: int, register_id: int) -> Any:
+        """GetRegisterValue: an int for REGISTER_ID_X64/X86, a RegisterValue for REGISTER_ID."""
+        return self.registers(vp_index).get(register_id)
+
+    def architecture(self, vp_index: int) -> VIRTUAL_PROCESSOR_ARCH:
+        forced = self._forced_arch.get(vp_index)
+        return forced if forced is not None else self.registers(vp_index).architecture
+
+    def force_architecture(self, vp_index: int, arch: int) -> None:
+        self.vp(vp_index)
+        try:
+            self._forced_arch[vp_index] = VIRTUAL_PROCESSOR_ARCH(arch)
+        except ValueError:
+            raise InvalidArgumentError(f"unknown architecture {arch!r}") from None
+
+    def paging_mode(self, vp_index: int) -> PAGING_MODE:
+        forced = self._forced_paging.get(vp_index)
+        return forced if forced is not None else self.registers(vp_index).paging_mode
+
+    def force_paging_mode(self, vp_index: int, mode: int) -> None:
+        self.vp(vp_index)
+        try:
+            self._forced_paging[vp_index] = PAGING_MODE(mode)
+        except ValueError:
+            raise InvalidArgumentError(f"unknown paging mode {mode!r}") from None
+
+    def in_kernel_space(self, vp_index: int) -> bool:
+        return self.registers(vp_index).in_kernel_space
+
+    def is_nested_virtualization_enabled(self) -> bool:
+        """Whether any VP carries nested-virtualization chunks (rule UNVERIFIED)."""
+        nested = {0x30021000, 0x30023000}
+        for processor in self.partition.vps.values():
+            if any(chunk.chunk_id in nested for chunk in processor.other_chunks):
+                return True
+        return False
+
+    def translate(self, vp_index: int, va: int) -> Translation:
+        """Walk the VP's page tables; the steps say what each level held."""
+        registers = self.registers(vp_index)
+        return translate(
+            self.memory.read_physical,
+            self.paging_mode(vp_index),
+            registers.cr3,
+            va,
+            la57=registers.la57,
+        )
+
+    def virtual_to_physical(self, vp_index: int, va: int) -> int:
+        """GuestVirtualAddressToPhysicalAddress; raises VaNotMappedError."""
+        return self.translate(vp_index, va).gpa
+
+    # --- guest physical memory --------------------------------------------------------
+    def memory_chunks(self) -> Tuple[int, List[GPA_MEMORY_CHUNK]]:
+        """GetGuestPhysicalMemoryChunks: (page size, chunks sorted by address)."""
+        return PAGE_SIZE, [
+            GPA_MEMORY_CHUNK(memory_range.gpa_page, memory_range.page_count)
+            for memory_range in self.memory.ranges
+        ]
+
+    @property
+    def memory_ranges(self) -> List[MemoryRange]:
+        return list(self.memory.ranges)
+
+    def read_physical(self, gpa: int, size: int, pad: bool = False) -> bytes:
+        return self.memory.read_physical(gpa, size, pad=pad)
+
+    def read_physical_padded(self, gpa: int, size: int) -> Tuple[bytes, List[Tuple[int, int]]]:
+        return self.memory.read_physical_padded(gpa, size)
+
+    def gpa_to_raw_offset(self, gpa: int) -> int:
+        return self.memory.gpa_to_raw_offset(gpa)
+
+    @property
+    def raw_size(self) -> int:
+        return self.memory.raw_size
+
+    def read_raw(self, offset: int, size: int) -> bytes:
+        """ReadGuestRawSavedMemory: short only at the end of the raw saved memory."""
+        size = max(0, min(size, self.raw_size - offset))
+        return self.memory.read_raw(offset, size)
+
+    @property
+    def memory_block_cache_limit(self) -> int:
+        """SetMemoryBlockCacheLimit / GetMemoryBlockCacheLimit, in 1 MiB blocks."""
+        return self.memory.cache_limit_blocks
+
+    @memory_block_cache_limit.setter
+    def memory_block_cache_limit(self, blocks: int) -> None:
+        if blocks < 0:
+            raise InvalidArgumentError("the cache limit cannot be negative")
+        self.memory.cache_limit_blocks = blocks
+
+
+def load_saved_state_file(path: PathOrFile, **options: Any) -> SavedStateDump:
+    return SavedStateDump(path, **options)
+
+
+def apply_replay_log_to_copy(source: str, destination: str) -> int:
+    """Write a copy of ``source`` with its pending replay log applied; return the count.
+
+    The DLL's ApplyPendingSavedStateFileReplayLog rewrites the file in place; a forensic
+    tool must not, so this writes the repaired image elsewhere (and resets the copy's
+    pending count, so Microsoft's tools open it read-only too).
+    """
+    from . import structs as S
+
+    if os.path.abspath(source) == os.path.abspath(destination):
+        raise VmrsError("refusing to write over the evidence file; give another destination")
+    with HyperVStorage(source) as storage:
+        applied = storage.replay_log.applied_entries
+        with open(destination, "xb") as out:
+            offset = 0
+            size = storage.source.size
+            while offset < size:
+                chunk = storage.source.read(offset, min(0x100000, size - offset))
+                out.write(chunk)
+                offset += len(chunk)
+            if applied:
+                log_offset = storage.header.replay_log_offset
+                header = storage.source.read_zero_padded(log_offset, S.REPLAY_LOG_HEADER.size)
+                fields = S.REPLAY_LOG_HEADER.as_dict(S.REPLAY_LOG_HEADER.unpack(header))
+                fields["current_entries"] = 0
+                fields["checksum"] = 0
+                packed = S.stamp_checksum(
+                    S.REPLAY_LOG_HEADER.pack(**fields), S.REPLAY_LOG_HEADER.offset_of("checksum")
+                )
+                out.seek(log_offset)
+                out.write(packed)
+    return applied
+
+
+__all__ = [
+    "RegisterValue",
+    "SavedStateDump",
+    "apply_replay_log_to_copy",
+    "load_saved_state_file",
+]
