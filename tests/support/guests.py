@@ -82,7 +82,9 @@ def windows_guest(
     base = _kernel_base(mode)
     known: Dict[int, bytes] = {}
     # Small pages at the bottom of RAM and one in the RAM above 4 GiB.
-    for number, pa in enumerate((0x5000, 0x6000, 0x9000, RAM_HIGH_GPA + 0x3000)):
+    # (32-bit paging cannot reach above 4 GiB with small pages.)
+    fourth = 0xA000 if mode == PAGING_MODE.Paging_32Bit else RAM_HIGH_GPA + 0x3000
+    for number, pa in enumerate((0x5000, 0x6000, 0x9000, fourth)):
         va = base + 0x10000 + number * 0x1000
         content = rng.randbytes(4096)
         builder.map(va, pa)

@@ -1,0 +1,86 @@
+"""vmrs.info: what the saved-state file says about itself and the saved VM."""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterator, List, Tuple
+
+from volatility3.framework import interfaces, renderers
+from volatility3.framework.configuration import requirements
+
+from volatility3_vmrs.savedstate.errors import VmrsError
+
+from .common import find_vmrs_layer
+
+vollog = logging.getLogger(__name__)
+
+
+def _version_text(value) -> str:
+    if value is None:
+        return "absent"
+    return f"{value >> 8}.{value & 0xFF} ({value:#06x})"
+
+
+class Info(interfaces.plugins.PluginInterface):
+    """Lists the format, integrity, memory layout, processors and guest OS of a .vmrs."""
+
+    _required_framework_version = (2, 0, 0)
+    _version = (1, 0, 0)
+
+    @classmethod
+    def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
+        return [
+            requirements.TranslationLayerRequirement(
+                name="primary", description="Memory layer stacked on the .vmrs file"
+            ),
+        ]
+
+    def _rows(self) -> Iterator[Tuple[str, str]]:
+        layer = find_vmrs_layer(self.context, self.config["primary"])
+        dump = layer.dump
+        storage = dump.storage
+        header = storage.header
+        yield "File format version", f"{header.format_version_text} ({header.format_version:#06x})"
+        yield "VM configuration version", _version_text(dump.vm_version)
+        yield "Saved-state type", dump.saved_state_type or "absent"
+        yield "Active header", f"copy at {header.offset:#x}, sequence {header.sequence}"
+        warnings = dump.warnings
+        checksum_failures = sum(1 for w in warnings if w.kind == "checksum")
+        yield "Checksum failures", str(checksum_failures)
+        yield "Replay log", storage.replay_log.status
+        yield "Integrity warnings", str(len(warnings))
+        for warning in warnings:
+            yield "Warning", str(warning)
+        ranges = dump.memory.ranges
+        yield "Memory ranges", str(len(ranges))
+        for memory_range in ranges:
+            yield (
+                f"Range {memory_range.number}",
+                f"GPA {memory_range.gpa_start:#x}-{memory_range.gpa_end - 1:#x} "
+                f"({memory_range.page_count} pages)",
+            )
+        total = dump.memory.total_pages * 4096
+        yield "Guest RAM", f"{total} bytes ({total / (1 << 20):.1f} MiB)"
+        yield "Virtual processors", str(dump.vp_count)
+        for index in dump.vp_indices:
+            try:
+                registers = dump.registers(index)
+                detail = (
+                    f"{dump.architecture(index).name}, {dump.paging_mode(index).name}, "
+                    f"{'kernel' if registers.in_kernel_space else 'user'} mode, "
+                    f"active VTL {dump.active_vtl(index)}, VTLs {dump.enabled_vtls(index):#b}"
+                )
+            except VmrsError as error:
+                detail = f"unreadable: {error}"
+            yield f"VP {index}", detail
+        yield "VTLs enabled (partition)", f"{dump.guest_enabled_vtls:#b}"
+        os_info = dump.guest_os_info(0)
+        yield "Guest OS", f"{os_info.describe()} (guest OS ID {os_info.raw:#018x})"
+        yield "DTB published", layer.dtb_note
+
+    def _generator(self):
+        for field, value in self._rows():
+            yield 0, (field, value)
+
+    def run(self) -> interfaces.renderers.TreeGrid:
+        return renderers.TreeGrid([("Field", str), ("Value", str)], self._generator())
