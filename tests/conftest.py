@@ -24,3 +24,9 @@ def sample_paths() -> dict:
     missing = [str(path) for path in paths.values() if not path.is_file()]
     assert not missing, f"real Hyper-V samples missing (set VMRS_SAMPLES): {missing}"
     return paths
+
+
+@pytest.fixture(scope="session")
+def vol_cache(tmp_path_factory) -> Path:
+    """One Volatility cache for the whole run: its first build takes ~30 s."""
+    return tmp_path_factory.mktemp("vol_cache")

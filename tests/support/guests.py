@@ -9,10 +9,11 @@ and user mode. The same builder makes PAE and 32-bit variants.
 from __future__ import annotations
 
 import random
+import struct
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from tests.support.pagetables import MIB2, MIB4, P, PageTableBuilder
+from tests.support.pagetables import MIB2, MIB4, RW, P, PageTableBuilder
 from tests.support.partition_writer import (
     PartitionDescription,
     VpDescription,
@@ -63,6 +64,27 @@ def _paging_registers(regs: dict, mode: PAGING_MODE, cr3: int, user: bool) -> di
     return regs
 
 
+def add_windows_self_map(builder: PageTableBuilder) -> None:
+    """The self-map Windows keeps, in the form volatility3's automagic looks for."""
+    if builder.mode == PAGING_MODE.Paging_Long:
+        builder.add_self_reference(SELF_REF_INDEX)
+    elif builder.mode == PAGING_MODE.Paging_32Bit:
+        # Page-directory entry 0x300 points back at the page directory.
+        builder.write(builder.root + 0x300 * 4, struct.pack("<I", builder.root | P | RW))
+    else:
+        # PAE: all four page directories exist, and the last one's first four entries
+        # map the four directories (so PTEs are reachable at 0xC0000000).
+        pdpt = []
+        for index in range(4):
+            (entry,) = struct.unpack("<Q", builder.read(builder.root + index * 8, 8))
+            if not entry & P:
+                entry = builder._alloc() | P
+                builder.write(builder.root + index * 8, struct.pack("<Q", entry))
+            pdpt.append(entry & ~0xFFF)
+        for index, directory in enumerate(pdpt):
+            builder.write(pdpt[3] + index * 8, struct.pack("<Q", directory | P | RW))
+
+
 def windows_guest(
     mode: PAGING_MODE = PAGING_MODE.Paging_Long,
     *,
@@ -77,8 +99,8 @@ def windows_guest(
 ) -> Guest:
     rng = random.Random(seed)
     builder = PageTableBuilder(mode, table_base=0x100000)
-    if mode == PAGING_MODE.Paging_Long and self_reference:
-        builder.add_self_reference(SELF_REF_INDEX)
+    if self_reference:
+        add_windows_self_map(builder)
     base = _kernel_base(mode)
     known: Dict[int, bytes] = {}
     # Small pages at the bottom of RAM and one in the RAM above 4 GiB.

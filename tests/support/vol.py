@@ -1,0 +1,50 @@
+"""Run the installed stock ``vol`` the way an analyst does, from the tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, List, Sequence
+
+
+def vol_executable() -> str:
+    """The ``vol`` console script of the running interpreter's environment."""
+    candidate = Path(sys.executable).with_name("vol")
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("vol")
+    assert found, "the stock `vol` command is not installed next to this Python"
+    return found
+
+
+def run_vol(
+    args: Sequence[str], *, cache: Path, timeout: float = 900, check: bool = True
+) -> subprocess.CompletedProcess:
+    """``vol -q --cache-path <cache> <args>``; fails with vol's stderr when it fails."""
+    command = [vol_executable(), "-q", "--cache-path", str(cache), *args]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, f"{' '.join(command)} failed:\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def vol_json(args: Sequence[str], *, cache: Path, timeout: float = 900) -> List[Any]:
+    """Rows of ``vol -r json``."""
+    proc = run_vol(["-r", "json", *args], cache=cache, timeout=timeout)
+    start = proc.stdout.find("[")
+    assert start >= 0, f"no JSON output:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    return json.loads(proc.stdout[start:])
+
+
+def flatten(rows: List[Any]) -> List[Any]:
+    """Tree rows (``__children``) as one list, parents first."""
+    out = []
+    for row in rows:
+        out.append(row)
+        out.extend(flatten(row.get("__children", [])))
+    return out
