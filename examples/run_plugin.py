@@ -1,7 +1,7 @@
 """Run a Volatility 3 plugin on a Hyper-V saved state from a Python script (no `vol`).
 
-    python examples/run_plugin.py vm.vmrs vmrs.info.Info
-    python examples/run_plugin.py vm.vmrs linux.pslist.PsList --symbols symbols
+python examples/run_plugin.py vm.vmrs vmrs.info.Info
+python examples/run_plugin.py vm.vmrs linux.pslist.PsList --symbols symbols
 """
 
 from __future__ import annotations
@@ -25,12 +25,14 @@ def run(image: str, plugin_name: str, symbol_dirs: list[str]) -> int:
     failures = framework.import_files(volatility3.plugins, True)
     for name in failures:
         print(f"note: plugin module {name} failed to import", file=sys.stderr)
-    volatility3.symbols.__path__ = [
-        str(pathlib.Path(d).resolve()) for d in symbol_dirs
-    ] + list(volatility3.symbols.__path__)
+    volatility3.symbols.__path__ = [str(pathlib.Path(d).resolve()) for d in symbol_dirs] + list(
+        volatility3.symbols.__path__
+    )
 
     context = contexts.Context()
-    context.config["automagic.LayerStacker.single_location"] = pathlib.Path(image).resolve().as_uri()
+    context.config["automagic.LayerStacker.single_location"] = (
+        pathlib.Path(image).resolve().as_uri()
+    )
     available = framework.list_plugins()
     if plugin_name not in available:
         print(f"unknown plugin {plugin_name}", file=sys.stderr)
@@ -45,7 +47,9 @@ def run(image: str, plugin_name: str, symbol_dirs: list[str]) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("image", help="the .vmrs file")
-    parser.add_argument("plugin", help="full plugin name, e.g. vmrs.info.Info or linux.pslist.PsList")
+    parser.add_argument(
+        "plugin", help="full plugin name, e.g. vmrs.info.Info or linux.pslist.PsList"
+    )
     parser.add_argument("--symbols", action="append", default=[], help="extra ISF directory")
     args = parser.parse_args()
     return run(args.image, args.plugin, args.symbols)
