@@ -20,6 +20,10 @@ from tests.fixtures.linux_guest.artefacts import linux_guest_elf, linux_guest_sy
 __all__ = ["linux_guest_elf", "linux_guest_symbols"]
 
 MANIFEST = artefacts.load_manifest()
+# The stock CLI: the `vol` entry-point script beside this interpreter, run by it
+# (volatility3.cli has no __main__, so `python -m volatility3.cli` does not work).
+_VOL_SCRIPT = Path(sys.executable).with_name("vol")
+VOL = [sys.executable, str(_VOL_SCRIPT)] if _VOL_SCRIPT.is_file() else ["vol"]
 NAMED = MANIFEST["processes"]["named"]
 
 
@@ -35,9 +39,7 @@ def run_vol(linux_guest_elf, linux_guest_symbols, vol_cache):
     def run(plugin: str) -> List[Dict[str, Any]]:
         if plugin not in results:
             cmd = [
-                sys.executable,
-                "-m",
-                "volatility3.cli",
+                *VOL,
                 "-q",
                 "-r",
                 "json",
