@@ -20,6 +20,7 @@ caller asks for padding.
 from __future__ import annotations
 
 import bisect
+import itertools
 import re
 import struct
 import threading
@@ -357,19 +358,24 @@ class GuestMemory:
             self.blocks[number] = RamBlock(number, key)
         self.ranges = self._arrange([r for r in parsed if r is not None])
         for memory_range in self.ranges:
-            missing = [
-                number
-                for number in range(memory_range.first_block, memory_range.last_block + 1)
-                if number not in self.blocks
-            ]
-            if missing:
-                shown = ", ".join(str(n) for n in missing[:8]) + (
-                    " ..." if len(missing) > 8 else ""
+            # A range may claim up to 2**40 pages (2**32 blocks): count what is missing
+            # from the blocks the file holds, never by visiting every block number.
+            first, last = memory_range.first_block, memory_range.last_block
+            present = sum(1 for number in self.blocks if first <= number <= last)
+            missing_count = last - first + 1 - present
+            if missing_count:
+                missing = list(
+                    itertools.islice(
+                        (n for n in itertools.count(first) if n not in self.blocks), 8
+                    )
+                )
+                shown = ", ".join(str(n) for n in missing) + (
+                    " ..." if missing_count > 8 else ""
                 )
                 self._warn(
                     "memory",
                     "RamBlock",
-                    f"{len(missing)} RamBlock(s) missing ({shown}); their pages of GPA "
+                    f"{missing_count} RamBlock(s) missing ({shown}); their pages of GPA "
                     f"{memory_range.gpa_start:#x}-{memory_range.gpa_end - 1:#x} are unreadable",
                     memory_range.key_path,
                 )
@@ -714,20 +720,21 @@ class GuestMemory:
     ) -> Counter:
         """Count raw / fill / xpress / missing / bad pages of a range (indexes its blocks)."""
         counts: Counter = Counter()
-        blocks = range(memory_range.first_block, memory_range.last_block + 1)
-        for position, number in enumerate(blocks):
+        first, last = memory_range.first_block, memory_range.last_block
+        range_end = memory_range.mbp_start + memory_range.page_count
+        # Visit only the blocks the file holds: a range may span 2**32 block numbers.
+        present = sorted(number for number in self.blocks if first <= number <= last)
+        counts["missing"] += memory_range.page_count
+        for number in present:
             if progress is not None:
                 progress(
-                    100.0 * position / max(1, len(blocks)), f"Indexing {memory_range.key_path}"
+                    100.0 * (number - first) / max(1, last - first + 1),
+                    f"Indexing {memory_range.key_path}",
                 )
             lo = max(memory_range.mbp_start, number * PAGES_PER_BLOCK)
-            hi = min(
-                memory_range.mbp_start + memory_range.page_count, (number + 1) * PAGES_PER_BLOCK
-            )
-            block = self.blocks.get(number)
-            if block is None:
-                counts["missing"] += hi - lo
-                continue
+            hi = min(range_end, (number + 1) * PAGES_PER_BLOCK)
+            counts["missing"] -= hi - lo
+            block = self.blocks[number]
             try:
                 kinds = block.page_kinds()
             except GuestMemoryFormatError:
@@ -735,7 +742,10 @@ class GuestMemory:
                 continue
             for mbp in range(lo, hi):
                 counts[KIND_NAMES[kinds[mbp - number * PAGES_PER_BLOCK]]] += 1
+        if not counts["missing"]:
+            del counts["missing"]
         return counts
 
-    def blocks_of(self, memory_range: MemoryRange) -> List[int]:
-        return list(range(memory_range.first_block, memory_range.last_block + 1))
+    def blocks_of(self, memory_range: MemoryRange) -> range:
+        """Block numbers of a range (a range object: a range may span 2**32 blocks)."""
+        return range(memory_range.first_block, memory_range.last_block + 1)
