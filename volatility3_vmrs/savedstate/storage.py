@@ -452,6 +452,7 @@ class HyperVStorage:
                 offset=log_offset,
             )
         patches = []
+        overlay_size = self.source.file_size
         for index in range(count):
             entry_offset = log_offset + S.REPLAY_LOG_HEADER.size + index * S.REPLAY_LOG_ENTRY.size
             structure = f"replay log entry {index}"
@@ -478,7 +479,26 @@ class HyperVStorage:
                     structure=structure,
                     offset=entry_offset,
                 )
-            data = self.source.read_zero_padded(log_offset + data_start, entry.length)
+            if log_offset + data_start + entry.length > self.source.file_size:
+                # A torn save: the data of a pending entry never reached the file. (Also
+                # keeps a u32 length from allocating gigabytes of zero padding.)
+                raise ReplayLogError(
+                    f"pending data at log offset {data_start:#x} (+{entry.length:#x}) runs past "
+                    f"the end of the file ({self.source.file_size:#x})",
+                    structure=structure,
+                    offset=entry_offset,
+                )
+            if entry.destination_offset > overlay_size:
+                # A write far past the end would make the overlay a huge sparse file whose
+                # zeros any value could then be read from.
+                raise ReplayLogError(
+                    f"destination {entry.destination_offset:#x} lies beyond the end of the "
+                    f"file ({overlay_size:#x} after the earlier entries)",
+                    structure=structure,
+                    offset=entry_offset,
+                )
+            overlay_size = max(overlay_size, entry.destination_offset + entry.length)
+            data = self.source.read_exact(log_offset + data_start, entry.length, structure)
             if S.crc32(data) != entry.data_checksum:
                 raise ReplayLogError(
                     f"pending data checksum {entry.data_checksum:#010x} != computed "
