@@ -41,6 +41,10 @@ MIN_ALIGNMENT = 0x1000
 MAX_ALIGNMENT = 0x10000
 # A key table is one page in every known file; allow up to 16 MiB before calling it absurd.
 MAX_KEY_TABLE_SIZE = 0x1000000
+# Real trees are 6-7 levels deep. Every key keeps its full path, so depth times the
+# number of keys is memory: bound both (and keep Key.as_dict's recursion shallow).
+MAX_KEY_DEPTH = 64
+MAX_TOTAL_PATH_CHARS = 0x1000000
 
 
 class KeyType(enum.IntEnum):
@@ -862,9 +866,20 @@ class HyperVStorage:
             size=0,
         )
         keys: Dict[str, Key] = {"/": root}
-        queue = [(root_location, root)]
+        queue = [(root_location, root, 0)]
+        path_chars = 0
         while queue:
-            location, parent_key = queue.pop()
+            location, parent_key, depth = queue.pop()
+            if depth >= MAX_KEY_DEPTH and children.get(location):
+                self._warn(
+                    "key-tree",
+                    "key entry",
+                    f"keys nested deeper than {MAX_KEY_DEPTH} levels; "
+                    f"{len(children[location])} children and their subtrees dropped",
+                    offset=parent_key.file_offset,
+                    key_path=parent_key.path,
+                )
+                continue
             siblings = children.get(location, [])
             siblings.sort(
                 key=lambda item: (item.header.insertion_sequence, item.table_index, item.offset)
@@ -902,9 +917,18 @@ class HyperVStorage:
                 )
                 parent_key.children.append(key)
                 keys[path] = key
+                path_chars += len(path)
+                if path_chars > MAX_TOTAL_PATH_CHARS:
+                    raise KeyTreeError(
+                        f"key paths add up to more than {MAX_TOTAL_PATH_CHARS:#x} characters: "
+                        "not a plausible key tree",
+                        structure="key entry",
+                        offset=raw.file_offset,
+                        key_path=path[:200],
+                    )
                 self._check_file_object(key)
                 if key.is_node:
-                    queue.append(((raw.table_index, raw.offset), key))
+                    queue.append(((raw.table_index, raw.offset), key, depth + 1))
         return root, keys
 
     @staticmethod
