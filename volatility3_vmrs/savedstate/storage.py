@@ -16,6 +16,7 @@ Section numbers refer to ``vmrs-format.md``.
 
 from __future__ import annotations
 
+import bisect
 import enum
 import struct
 from dataclasses import dataclass, field
@@ -216,6 +217,34 @@ class Key:
 
 class _Siblings(list):  # type: ignore[type-arg]
     """Values of sibling keys that share one name (an array in the container)."""
+
+
+class _Regions:
+    """Disjoint byte ranges of the file already claimed by a structure."""
+
+    def __init__(self) -> None:
+        self._starts: List[int] = []
+        self._ends: List[int] = []
+
+    def room(self, start: int, size: int) -> int:
+        """How many bytes from ``start`` (at most ``size``) are not claimed yet."""
+        at = bisect.bisect_right(self._starts, start)
+        if at and self._ends[at - 1] > start:
+            return 0
+        if at < len(self._starts):
+            return min(size, self._starts[at] - start)
+        return size
+
+    def claim(self, start: int, size: int) -> bool:
+        """Claim ``[start, start + size)`` unless any of it is claimed already."""
+        if size <= 0:
+            return True
+        if self.room(start, size) < size:
+            return False
+        at = bisect.bisect_right(self._starts, start)
+        self._starts.insert(at, start)
+        self._ends.insert(at, start + size)
+        return True
 
 
 @dataclass
@@ -526,6 +555,7 @@ class HyperVStorage:
         entries: List[ObjectEntry] = []
         pending = [S.ROOT_OBJECT_TABLE_OFFSET]
         visited = set()
+        regions = _Regions()
         while pending:
             table_offset = pending.pop(0)
             if table_offset in visited:
@@ -563,6 +593,20 @@ class HyperVStorage:
                     offset=table_offset,
                 )
                 count = available
+            slots_start = table_offset + S.OBJECT_TABLE_HEADER.size
+            room = regions.room(slots_start, count * S.OBJECT_ENTRY.size)
+            if room < count * S.OBJECT_ENTRY.size:
+                # Tables that overlap would have their slots read again and again:
+                # many chained tables each claiming the rest of the file is quadratic.
+                self._warn(
+                    "object-table",
+                    structure,
+                    f"{count} entries would overlap another object table; reading "
+                    f"{room // S.OBJECT_ENTRY.size}",
+                    offset=table_offset,
+                )
+                count = room // S.OBJECT_ENTRY.size
+            regions.claim(slots_start, count * S.OBJECT_ENTRY.size)
             raw = self.source.read_exact(
                 table_offset + S.OBJECT_TABLE_HEADER.size, count * S.OBJECT_ENTRY.size, structure
             )
@@ -603,6 +647,7 @@ class HyperVStorage:
     def _read_key_tables(self) -> Tuple[List[_RawEntry], Dict[int, Tuple[int, int]]]:
         """Read every key table; keep the newest table per index (largest sequence)."""
         tables: Dict[int, Tuple[int, int, bytes]] = {}
+        regions = _Regions()
         for entry in self.object_entries:
             if entry.type != S.OBJECT_TYPE_KEY_TABLE:
                 continue
@@ -621,6 +666,16 @@ class HyperVStorage:
                     structure,
                     f"table of {entry.size:#x} bytes runs past the end of the file "
                     f"({self.source.size:#x}); skipped",
+                    offset=entry.file_offset,
+                )
+                continue
+            if not regions.claim(entry.file_offset, entry.size):
+                # Without this, N object entries naming one big table make N full reads
+                # and parses of it: quadratic work from a small object table.
+                self._warn(
+                    "object-table",
+                    structure,
+                    "overlaps a key table already read; skipped",
                     offset=entry.file_offset,
                 )
                 continue
