@@ -585,6 +585,21 @@ class HyperVStorage:
                 S.OBJECT_ENTRY.size
             )
             count = header.entry_count
+            capacity = (self.header.data_alignment - S.OBJECT_TABLE_HEADER.size) // (
+                S.OBJECT_ENTRY.size
+            )
+            if count > capacity:
+                # entry_count is the capacity of a table that fills one alignment unit
+                # (227 slots at 0x1000); larger tables chain. A bigger count would make
+                # every byte to the end of the file a slot (and a checksum warning).
+                self._warn(
+                    "truncated",
+                    structure,
+                    f"declares {count} entries, more than the {capacity} slots a table of "
+                    f"{self.header.data_alignment:#x} bytes holds; reading those",
+                    offset=table_offset,
+                )
+                count = capacity
             if count > available:
                 self._warn(
                     "truncated",
