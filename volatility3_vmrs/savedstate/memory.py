@@ -366,7 +366,7 @@ class GuestMemory:
             if missing_count:
                 missing = list(
                     itertools.islice(
-                        (n for n in itertools.count(first) if n not in self.blocks), 8
+                        (n for n in range(first, last + 1) if n not in self.blocks), 8
                     )
                 )
                 shown = ", ".join(str(n) for n in missing) + (
