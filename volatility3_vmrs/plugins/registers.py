@@ -1,0 +1,226 @@
+"""vmrs.registers: the saved register state of every virtual processor and VTL.
+
+One row per VP, VTL and register, for every member of the dump provider's legacy
+``REGISTER_ID_X64`` enum (``REGISTER_ID_X86`` for a VP in 32-bit mode), named without
+the ``X64_Register`` / ``X86_Register`` prefix (``Rip``, ``Cr3``, ``LowXmm0``, ``SegCs``).
+``Value`` is what the DLL's GetRegisterValue returns for that id; segment registers,
+TR and LDTR also carry their whole hidden part (base, limit, attributes) decoded.
+
+``--register`` takes names case-insensitively: the short name (``rip``), the enum name
+(``X64_RegisterRip``), a segment without ``Seg`` (``cs``) and a 128-bit register
+without ``Low``/``High`` (``xmm0`` selects both halves).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterator, List, Optional, Sequence, Set, Tuple
+
+from volatility3.framework import exceptions, interfaces, renderers
+from volatility3.framework.configuration import requirements
+from volatility3.framework.renderers import format_hints
+
+from volatility3_vmrs.savedstate.errors import VmrsError
+from volatility3_vmrs.savedstate.processors import RegisterSet
+from volatility3_vmrs.savedstate.types import (
+    REGISTER_ID_X64,
+    REGISTER_ID_X86,
+    VIRTUAL_PROCESSOR_ARCH,
+    Segment,
+)
+
+from .common import find_vmrs_layer
+
+vollog = logging.getLogger(__name__)
+
+# Legacy short name -> RegisterSet attribute holding the whole segment.
+_SEGMENT_ATTRIBUTES = {
+    "SegCs": "cs",
+    "SegDs": "ds",
+    "SegEs": "es",
+    "SegFs": "fs",
+    "SegGs": "gs",
+    "SegSs": "ss",
+    "Tr": "tr",
+    "Ldtr": "ldtr",
+}
+COLUMNS = [
+    ("VP", int),
+    ("VTL", int),
+    ("Register", str),
+    ("Value", format_hints.Hex),
+    ("Selector", format_hints.Hex),
+    ("Base", format_hints.Hex),
+    ("Limit", format_hints.Hex),
+    ("Attributes", format_hints.Hex),
+    ("Decoded", str),
+]
+
+
+def fail(message: str) -> None:
+    """Stop the plugin with a message the CLI shows (bad options, absent VPs)."""
+    vollog.error(message)
+    raise exceptions.PluginRequirementException(message)
+
+
+def short_name(member) -> str:
+    return member.name.split("_Register", 1)[1]
+
+
+def register_members(enum_type) -> List:
+    """Every register of a legacy enum, without the Count sentinel."""
+    return [m for m in enum_type if not m.name.endswith("_RegisterCount")]
+
+
+def aliases(member) -> Set[str]:
+    short = short_name(member)
+    names = {short.lower(), member.name.lower()}
+    if short.startswith("Seg"):
+        names.add(short[3:].lower())
+    for half in ("Low", "High"):
+        if short.startswith(half):
+            names.add(short[len(half) :].lower())
+    return names
+
+
+def select_members(enum_type, wanted: Optional[Sequence[str]]) -> List:
+    members = register_members(enum_type)
+    if not wanted:
+        return members
+    asked = {name.strip().lower() for name in wanted}
+    return [m for m in members if aliases(m) & asked]
+
+
+def check_names(wanted: Optional[Sequence[str]]) -> None:
+    """Refuse names no register of either enum answers to."""
+    if not wanted:
+        return
+    known: Set[str] = set()
+    for enum_type in (REGISTER_ID_X64, REGISTER_ID_X86):
+        for member in register_members(enum_type):
+            known |= aliases(member)
+    unknown = [name for name in wanted if name.strip().lower() not in known]
+    if unknown:
+        names = ", ".join(short_name(m) for m in register_members(REGISTER_ID_X64))
+        fail(f"unknown register name(s) {', '.join(unknown)}; known: {names}")
+
+
+def describe_segment(segment: Segment) -> str:
+    parts = [
+        f"type={segment.segment_type:#x}",
+        "code/data" if segment.non_system else "system",
+        f"DPL={segment.dpl}",
+        f"RPL={segment.rpl}",
+    ]
+    for flag, name in (
+        (segment.present, "P"),
+        (segment.available, "AVL"),
+        (segment.long, "L"),
+        (segment.default, "D/B"),
+        (segment.granularity, "G"),
+    ):
+        if flag:
+            parts.append(name)
+    return " ".join(parts)
+
+
+def enum_for(registers: RegisterSet):
+    try:
+        if registers.architecture == VIRTUAL_PROCESSOR_ARCH.Arch_x86:
+            return REGISTER_ID_X86
+    except VmrsError:
+        pass  # no control registers: report with the x64 ids
+    return REGISTER_ID_X64
+
+
+class Registers(interfaces.plugins.PluginInterface):
+    """Lists the saved registers of each virtual processor (and VTL) of a .vmrs."""
+
+    _required_framework_version = (2, 0, 0)
+    _version = (1, 0, 0)
+
+    @classmethod
+    def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
+        return [
+            requirements.TranslationLayerRequirement(
+                name="primary", description="Memory layer stacked on the .vmrs file"
+            ),
+            requirements.IntRequirement(
+                name="vp", description="Only this virtual processor", optional=True
+            ),
+            requirements.IntRequirement(
+                name="vtl", description="Only this virtual trust level", optional=True
+            ),
+            requirements.ListRequirement(
+                name="register",
+                element_type=str,
+                description="Only these registers (case-insensitive: rip cr3 cs xmm0 ...)",
+                optional=True,
+            ),
+        ]
+
+    @classmethod
+    def rows(
+        cls,
+        dump,
+        vp: Optional[int] = None,
+        vtl: Optional[int] = None,
+        wanted: Optional[Sequence[str]] = None,
+    ) -> Iterator[Tuple]:
+        """(vp, vtl, name, value, selector, base, limit, attributes, decoded) tuples."""
+        vps = dump.vp_indices
+        if vp is not None:
+            if vp not in vps:
+                fail(f"no virtual processor {vp} (the file has {vps})")
+            vps = [vp]
+        found_vtl = False
+        for index in vps:
+            processor = dump.vp(index)
+            for level in sorted(processor.vtls):
+                if vtl is not None and level != vtl:
+                    continue
+                found_vtl = True
+                registers = processor.vtls[level]
+                for member in select_members(enum_for(registers), wanted):
+                    yield (index, level, *cls._register_row(registers, member))
+        if vtl is not None and not found_vtl:
+            fail(f"no register state for VTL {vtl} in VP(s) {vps}")
+
+    @staticmethod
+    def _register_row(registers: RegisterSet, member) -> Tuple:
+        name = short_name(member)
+        absent = renderers.NotApplicableValue()
+        try:
+            value = format_hints.Hex(registers.get(member))
+        except VmrsError as error:
+            unreadable = renderers.UnreadableValue()
+            return name, unreadable, absent, absent, absent, absent, str(error)
+        attribute = _SEGMENT_ATTRIBUTES.get(name)
+        if attribute is None:
+            return name, value, absent, absent, absent, absent, ""
+        segment: Segment = getattr(registers, attribute)
+        return (
+            name,
+            value,
+            format_hints.Hex(segment.selector),
+            format_hints.Hex(segment.base),
+            format_hints.Hex(segment.limit),
+            format_hints.Hex(segment.attributes),
+            describe_segment(segment),
+        )
+
+    def run(self) -> interfaces.renderers.TreeGrid:
+        layer = find_vmrs_layer(self.context, self.config["primary"])
+        wanted = self.config.get("register") or None
+        check_names(wanted)
+        # Validate the filters now, so a bad option fails before any output.
+        rows = self.rows(layer.dump, self.config.get("vp"), self.config.get("vtl"), wanted)
+        first = next(rows, None)
+
+        def generator() -> Iterator[Tuple[int, Tuple]]:
+            if first is not None:
+                yield 0, first
+            for row in rows:
+                yield 0, row
+
+        return renderers.TreeGrid(COLUMNS, generator())
