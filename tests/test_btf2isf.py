@@ -301,7 +301,12 @@ def test_symbols_percpu_vars_global_types_and_banner():
         "type": {"kind": "base", "name": "unsigned int"},
     }
     assert syms["__per_cpu_offset"]["type"]["count"] == 64
-    assert "type" not in syms["_text"]
+    assert syms["_text"]["type"] == {
+        "kind": "array",
+        "count": 0,
+        "subtype": {"kind": "base", "name": "char"},
+    }
+    assert "type" not in syms["after_offsets"]
     assert base64.b64decode(syms["linux_banner"]["constant_data"]) == banner + b"\0"
     assert syms["linux_banner"]["type"]["count"] == len(banner) + 1
     validate(isf)

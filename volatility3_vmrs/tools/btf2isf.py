@@ -732,9 +732,29 @@ class IsfBuilder:
 
 # Types of global variables that BTF (6.1) does not describe but Volatility's Linux
 # automagic and plugins use (pslist/pstree/psaux/envars/proc.Maps/lsmod/kmsg/boottime,
-# framework/automagic/linux.py, framework/symbols/linux). Linker symbols (_text, _etext,
-# init_top_pgt, swapper_pg_dir, ...) only need an address and stay untyped.
+# framework/automagic/linux.py, framework/symbols/linux). Linker section markers are
+# declared ``extern char _text[]`` in C; Volatility does object_from_symbol("_text") to
+# get the kernel's extent, so they must be typed too.
+LINKER_MARKERS = (
+    "_text",
+    "_stext",
+    "_etext",
+    "_sdata",
+    "_edata",
+    "_sinittext",
+    "_einittext",
+    "__start_rodata",
+    "__end_rodata",
+    "__bss_start",
+    "__bss_stop",
+    "_end",
+    "__per_cpu_start",
+    "__per_cpu_end",
+)
 GLOBAL_TYPES: Dict[str, str] = {
+    **{marker: "char[0]" for marker in LINKER_MARKERS},
+    "init_top_pgt": "pgd_t[512]",
+    "swapper_pg_dir": "pgd_t[512]",
     "init_task": "struct task_struct",
     "init_files": "struct files_struct",
     "init_mm": "struct mm_struct",
@@ -805,7 +825,16 @@ GLOBAL_TYPES: Dict[str, str] = {
     "socket_file_ops": "struct file_operations",
     "sockfs_dentry_operations": "struct dentry_operations",
     "pipefifo_fops": "struct file_operations",
-    "init_pid_ns_ptr": "struct pid_namespace *",
+    # linux.malware.check_afinfo (>= 4.18)
+    **{
+        f"{proto}_seq_ops": "struct seq_operations"
+        for proto in ("raw", "udp", "arp", "unix", "udp6", "raw6", "tcp", "tcp4", "tcp6", "packet")
+    },
+    "keyboard_notifier_list": "struct atomic_notifier_head",
+    "ftrace_ops_list": "struct ftrace_ops *",
+    "ftrace_list_end": "struct ftrace_ops",
+    "prog_idr": "struct idr",
+    "__start___tracepoints_ptrs": "tracepoint_ptr_t[]",
 }
 
 
