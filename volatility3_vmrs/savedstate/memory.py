@@ -365,13 +365,9 @@ class GuestMemory:
             missing_count = last - first + 1 - present
             if missing_count:
                 missing = list(
-                    itertools.islice(
-                        (n for n in range(first, last + 1) if n not in self.blocks), 8
-                    )
+                    itertools.islice((n for n in range(first, last + 1) if n not in self.blocks), 8)
                 )
-                shown = ", ".join(str(n) for n in missing) + (
-                    " ..." if missing_count > 8 else ""
-                )
+                shown = ", ".join(str(n) for n in missing) + (" ..." if missing_count > 8 else "")
                 self._warn(
                     "memory",
                     "RamBlock",
