@@ -7,6 +7,7 @@ reader under test.
 
 from __future__ import annotations
 
+import datetime
 import importlib
 import json
 import os
@@ -502,6 +503,8 @@ def check_pe_row(row, pe, *, pages_read, pages_total, identity=("PDB", "version"
     expected = disk_identity(pe)
     for column in ("Machine", "Image size", "Timestamp", "Subsystem"):
         assert row[column] == expected[column], (column, row)
+    link_time = datetime.datetime.fromtimestamp(expected["Timestamp"], datetime.timezone.utc)
+    assert row["Link time"] == link_time.isoformat()
     if "PDB" in identity:
         assert row["PDB name"] == expected["PDB name"]
         assert row["PDB GUID"].replace("-", "") == expected["PDB GUID"]
@@ -561,6 +564,18 @@ def test_pescan_virtual_space_of_a_vp(pe_guest, cache):
     check_pe_row(
         virtual[VIRTUAL_LARGE + 0xF0000], images[0xF0000][2], pages_read=32, pages_total=32
     )
+
+
+def test_pescan_reports_progress_in_process(pe_guest):
+    from volatility3_vmrs.savedstate import pescan
+
+    path, _ = pe_guest
+    calls: List[Tuple[float, str]] = []
+    with SavedStateDump(path) as dump:
+        found = list(pescan.scan_guest_memory(dump.memory, lambda p, t: calls.append((p, t))))
+    assert sorted(image.address for image in found) == sorted(PLACED)
+    percents = [p for p, _ in calls]
+    assert len(calls) >= 5 and percents == sorted(percents) and percents[-1] == 100.0
 
 
 def test_pescan_library_rejects_random_data_with_stray_mz():

@@ -14,6 +14,7 @@ virtual processor's address space (``--vp``, default: the VP whose CR3 the layer
 
 from __future__ import annotations
 
+import datetime
 import logging
 from typing import Callable, Iterator, List, Optional, Tuple
 
@@ -38,6 +39,7 @@ COLUMNS = [
     ("Machine", str),
     ("Image size", format_hints.Hex),
     ("Timestamp", int),
+    ("Link time", datetime.datetime),
     ("Subsystem", str),
     ("PDB name", str),
     ("PDB GUID", str),
@@ -64,6 +66,7 @@ def _row(space: str, image: pescan.PeImage) -> Tuple:
         image.machine_name,
         format_hints.Hex(image.image_size),
         image.timestamp,
+        image.timestamp_datetime,
         image.subsystem_name,
         text(image.pdb_name),
         text(image.pdb_guid),
