@@ -1,0 +1,5 @@
+"""``python -m fuzz``: see fuzz/README.md."""
+
+from fuzz.cli import main
+
+raise SystemExit(main())
