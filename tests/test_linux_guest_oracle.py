@@ -5,6 +5,7 @@ These runs are the reference ("oracle") that the .vmrs layer will later be compa
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -167,3 +168,18 @@ def test_elf_ram_ranges_match_manifest(linux_guest_elf):
     assert any(gpa >= 1 << 32 for gpa, _ in ram), "expected RAM above 4 GiB"
     total = sum(len(data) for _, data in ram)
     assert total >= 256 << 20
+
+
+def test_artefact_hashes_match_manifest(linux_guest_elf):
+    def sha(path: Path) -> str:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        return h.hexdigest()
+
+    for name, digest in MANIFEST["artefacts"].items():
+        assert sha(artefacts.FIXTURE_DIR / name) == digest, name
+    assert sha(artefacts.isf_path()) == MANIFEST["isf_sha256"]
+    assert linux_guest_elf.stat().st_size == MANIFEST["memory_elf_size"]
+    assert sha(linux_guest_elf) == MANIFEST["memory_elf_sha256"]
