@@ -443,42 +443,64 @@ class GuestMemory:
         )
 
     def _arrange(self, ranges: List[MemoryRange]) -> List[MemoryRange]:
-        """Sort by GPA; clip overlaps (the lower-numbered range wins) and report them."""
+        """Sort by GPA; clip overlaps (the lower-numbered range wins) and report them.
+
+        GPA pages already mapped are kept as sorted, disjoint, merged intervals, so each
+        range costs a bisection plus the intervals it overlaps (which it then merges):
+        thousands of RamMemoryBlock keys do not make this quadratic.
+        """
         arranged: List[MemoryRange] = []
-        claimed: List[Tuple[int, int]] = []  # GPA page intervals already mapped
+        starts: List[int] = []  # claimed GPA page intervals [starts[i], ends[i])
+        ends: List[int] = []
         for memory_range in sorted(ranges, key=lambda r: r.number):
-            pieces = [(memory_range.gpa_page, memory_range.gpa_page + memory_range.page_count)]
-            for start, end in claimed:
-                next_pieces = []
-                for lo, hi in pieces:
-                    if hi <= start or lo >= end:
-                        next_pieces.append((lo, hi))
-                        continue
-                    self._warn(
-                        "memory",
-                        "RamMemoryBlock",
-                        f"GPA pages {max(lo, start):#x}-{min(hi, end) - 1:#x} overlap an "
-                        "earlier range; the earlier one is used",
-                        memory_range.key_path,
-                    )
-                    if lo < start:
-                        next_pieces.append((lo, start))
-                    if hi > end:
-                        next_pieces.append((end, hi))
-                pieces = next_pieces
-            for lo, hi in pieces:
+            lo = memory_range.gpa_page
+            hi = lo + memory_range.page_count
+            first = bisect.bisect_right(starts, lo) - 1
+            if first < 0 or ends[first] < lo:
+                first += 1  # the interval before lo neither overlaps nor touches it
+            last = first
+            pieces = []
+            cursor = lo
+            overlaps = []
+            while last < len(starts) and starts[last] <= hi:
+                start, end = starts[last], ends[last]
+                if start < hi and end > lo:
+                    overlaps.append((max(start, lo), min(end, hi)))
+                if start > cursor:
+                    pieces.append((cursor, min(start, hi)))
+                cursor = max(cursor, end)
+                last += 1
+            if cursor < hi:
+                pieces.append((cursor, hi))
+            if overlaps:
+                pages = sum(b - a for a, b in overlaps)
+                where = f"{overlaps[0][0]:#x}-{overlaps[-1][1] - 1:#x}"
+                more = f" ({len(overlaps)} runs, {pages:#x} pages)" if len(overlaps) > 1 else ""
+                self._warn(
+                    "memory",
+                    "RamMemoryBlock",
+                    f"GPA pages {where} overlap an earlier range{more}; the earlier one is used",
+                    memory_range.key_path,
+                )
+            # Merge [lo, hi) with every claimed interval it overlaps or touches.
+            if first < last:
+                merged = (min(lo, starts[first]), max(hi, ends[last - 1]))
+            else:
+                merged = (lo, hi)
+            starts[first:last] = [merged[0]]
+            ends[first:last] = [merged[1]]
+            for piece_lo, piece_hi in pieces:
                 arranged.append(
                     MemoryRange(
                         number=memory_range.number,
                         key_path=memory_range.key_path,
-                        gpa_page=lo,
-                        page_count=hi - lo,
-                        mbp_start=memory_range.mbp_start + (lo - memory_range.gpa_page),
+                        gpa_page=piece_lo,
+                        page_count=piece_hi - piece_lo,
+                        mbp_start=memory_range.mbp_start + (piece_lo - memory_range.gpa_page),
                         flags=memory_range.flags,
                         virtual_node=memory_range.virtual_node,
                     )
                 )
-                claimed.append((lo, hi))
         arranged.sort(key=lambda r: r.gpa_page)
         mbp_sorted = sorted(arranged, key=lambda r: r.mbp_start)
         for before, after in zip(mbp_sorted, mbp_sorted[1:]):
