@@ -254,3 +254,29 @@ def test_deep_key_chain_is_cut_and_costs_little():
     assert any("nested deeper than" in w.message for w in storage.warnings)
     storage.as_dict()  # no RecursionError
     assert isinstance(storage.get("/n").value, dict)  # a node value: its subtree
+
+
+def test_thousands_of_memory_ranges_are_arranged_in_near_linear_time():
+    count = 3000
+    writer = ContainerWriter("openvmm")
+
+    def block(pages: int, mbp: int, gpa_page: int) -> bytes:
+        return C.ram_memory_block(pages, mbp, gpa_page)
+
+    for number in range(count):  # one page every other GPA page...
+        writer.set(
+            f"/savedstate/RamMemoryBlock{number}", block(1, number, 2 * number), file_object=False
+        )
+    # ...and one range over all of them, which the earlier ones clip into 3000 pieces.
+    writer.set(f"/savedstate/RamMemoryBlock{count}", block(2 * count, count, 0), file_object=False)
+    storage = HyperVStorage(io.BytesIO(writer.build()))
+    started = time.perf_counter()
+    memory = M.GuestMemory(storage)
+    elapsed = time.perf_counter() - started
+    assert elapsed < 1.5, f"{elapsed:.2f} s"  # ~6 s when each range scanned all earlier ones
+    assert len(memory.ranges) == 2 * count
+    assert memory.total_pages == 2 * count
+    overlap = [w for w in memory.warnings if "overlap an earlier range" in w.message]
+    assert len(overlap) == 1 and f"({count} runs" in overlap[0].message
+    assert memory.range_of(1 << 12).number == count  # page 1: a gap the big range fills
+    assert memory.range_of(2 << 12).number == 1
