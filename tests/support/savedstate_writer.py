@@ -135,6 +135,7 @@ class SavedStateWriter:
         memory_block_size: int = 48,
         drop_blocks: Sequence[int] = (),
         block_values: Optional[Dict[int, bytes]] = None,
+        compressor: Callable[[bytes], bytes] = xpress_compress,
         extra_keys: Optional[Dict[str, object]] = None,
         **container_options: object,
     ) -> None:
@@ -149,6 +150,7 @@ class SavedStateWriter:
         self.drop_blocks = set(drop_blocks)
         # Replacement values for chosen RamBlocks (to plant broken streams).
         self.block_values = block_values or {}
+        self.compressor = compressor
         self.extra_keys = extra_keys or {}
         self.container_options = container_options
 
@@ -196,7 +198,9 @@ class SavedStateWriter:
             kinds = ["raw"] * M.PAGES_PER_BLOCK
             value = block
             if self.compression == "xpress":
-                stream, stream_kinds = encode_block(block, extended_every=self.extended_every)
+                stream, stream_kinds = encode_block(
+                    block, extended_every=self.extended_every, compressor=self.compressor
+                )
                 if len(stream) < M.BLOCK_SIZE:
                     value, kinds = stream, stream_kinds
             info.blocks[number] = "raw" if len(value) == M.BLOCK_SIZE else "stream"
