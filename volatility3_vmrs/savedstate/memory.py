@@ -292,6 +292,8 @@ class GuestMemory:
         self._cache: OrderedDict[int, bytes] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._cache_pages = 0
+        # The last multi-page XPRESS record decoded: (block number, record, output).
+        self._recent_record: Optional[Tuple[int, int, bytes]] = None
         self.cache_limit_blocks = cache_limit_blocks
         self.blocks: Dict[int, RamBlock] = {}
         self.ranges: List[MemoryRange] = []
@@ -689,18 +691,28 @@ class GuestMemory:
             if pattern == b"\0" * 8 and length == PAGE_SIZE:
                 return self._zero_page
             return (pattern * ((skip + length) // 8 + 2))[skip % 8 : skip % 8 + length]
-        stored = block.key.read(index.source[record], index.data_length[record])
         if kind == KIND_RAW:
-            return stored[skip : skip + length]
-        try:
-            output = xpress.decompress(stored, index.out_length[record])
-        except GuestMemoryFormatError as error:
-            raise MemoryReadError(
-                f"{block.key_path}: XPRESS data at value offset {index.source[record]:#x} "
-                f"cannot be decompressed: {error.detail}",
-                address=(block.number * BLOCK_SIZE + position),
-                block=block.key_path,
-            ) from error
+            return block.key.read(index.source[record] + skip, length)
+        out_length = index.out_length[record]
+        recent = self._recent_record
+        if recent is not None and recent[0] == block.number and recent[1] == record:
+            output = recent[2]
+        else:
+            stored = block.key.read(index.source[record], index.data_length[record])
+            try:
+                output = xpress.decompress(stored, out_length)
+            except GuestMemoryFormatError as error:
+                raise MemoryReadError(
+                    f"{block.key_path}: XPRESS data at value offset {index.source[record]:#x} "
+                    f"cannot be decompressed: {error.detail}",
+                    address=(block.number * BLOCK_SIZE + position),
+                    block=block.key_path,
+                ) from error
+            if out_length > PAGE_SIZE:
+                # An extended record may decode to up to 1 MiB; without this each of its
+                # 256 pages would decompress the whole record again. One record is kept
+                # for the whole guest, so this costs at most 1 MiB.
+                self._recent_record = (block.number, record, output)
         return output[skip : skip + length]
 
     # --- cache ------------------------------------------------------------------------
