@@ -280,3 +280,29 @@ def test_thousands_of_memory_ranges_are_arranged_in_near_linear_time():
     assert len(overlap) == 1 and f"({count} runs" in overlap[0].message
     assert memory.range_of(1 << 12).number == count  # page 1: a gap the big range fills
     assert memory.range_of(2 << 12).number == 1
+
+
+def test_a_1_mib_extended_xpress_record_is_decoded_once_per_block(monkeypatch):
+    from tests.support.xpress_compress import compress
+
+    rng = __import__("random").Random(1)
+    data = b"".join(rng.randbytes(24) * 8 for _ in range(M.BLOCK_SIZE // 192))
+    data += bytes(M.BLOCK_SIZE - len(data))
+    packed = compress(data)
+    stream = struct.pack("<III", M.TAG_EXTENDED, M.BLOCK_SIZE, len(packed)) + packed
+    calls = []
+    real = xpress.decompress
+
+    def counting(payload: bytes, out_size: int) -> bytes:
+        calls.append(out_size)
+        return real(payload, out_size)
+
+    monkeypatch.setattr(M.xpress, "decompress", counting)
+    _, blob = simple_partition(1)
+    stream += struct.pack("<I", M.TAG_END)
+    file = SavedStateWriter([(0, data)], blob, block_values={0: stream}).build()[0]
+    memory = SavedStateDump(io.BytesIO(file)).memory
+    assert not memory.blocks[0].is_raw
+    pages = [memory.read_physical(page * M.PAGE_SIZE, M.PAGE_SIZE) for page in range(256)]
+    assert b"".join(pages) == data
+    assert calls == [M.BLOCK_SIZE]  # 256 decompressions of 1 MiB each without the reuse
