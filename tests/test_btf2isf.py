@@ -475,3 +475,20 @@ def test_committed_isf_content(committed_isf):
     for member in ("pid", "tgid", "comm", "tasks", "mm", "active_mm", "real_parent", "files"):
         assert member in task, member
     assert committed_isf["base_types"]["pointer"]["size"] == 8
+
+
+def test_isf_independent_of_kaslr_slide(tmp_path, committed_isf_bytes):
+    """Re-slide the committed kallsyms dump: the ISF (link-time addresses) must not change."""
+    text = lzma.decompress(artefacts.KALLSYMS_XZ.read_bytes()).decode()
+    lines = []
+    for line in text.splitlines():
+        addr, rest = line.split(" ", 1)
+        value = int(addr, 16)
+        if value >= 0xFFFFFFFF80000000:
+            value += 0x1E00000  # another 2 MiB-aligned slide
+        lines.append(f"{value:016x} {rest}")
+    (tmp_path / "kallsyms.txt").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "slid.json"
+    argv = ["--btf", str(artefacts.BTF_XZ), "--banner", str(artefacts.BANNER)]
+    btf2isf.main([*argv, "--kallsyms", str(tmp_path / "kallsyms.txt"), "-o", str(out)])
+    assert out.read_bytes() == committed_isf_bytes

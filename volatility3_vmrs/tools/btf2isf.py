@@ -25,6 +25,7 @@ import argparse
 import base64
 import bz2
 import gzip
+import io
 import json
 import lzma
 import re
@@ -102,7 +103,7 @@ def extract_vmlinux(image: bytes) -> bytes:
     elif payload[:6] == b"\xfd7zXZ\x00":
         data = lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(payload)
     elif payload[:2] == b"\x1f\x8b":
-        data = gzip.GzipFile(fileobj=__import__("io").BytesIO(payload)).read()
+        data = gzip.GzipFile(fileobj=io.BytesIO(payload)).read()
     elif payload[:3] == b"\x5d\x00\x00":
         data = lzma.LZMADecompressor(format=lzma.FORMAT_ALONE).decompress(payload)
     elif payload[:4] == b"\x28\xb5\x2f\xfd":
@@ -186,6 +187,16 @@ class ElfFile:
                 return self.data[off : off + size]
         raise KeyError(f"address {addr:#x} not in any ELF section")
 
+    def read_cstring(self, addr: int) -> bytes:
+        """The NUL-terminated string at a link-time virtual address (without the NUL)."""
+        self.read_vaddr(addr, 1)
+        for sec in self.sections:
+            if sec["type"] == 1 and sec["addr"] <= addr < sec["addr"] + sec["size"]:
+                off = sec["offset"] + addr - sec["addr"]
+                end = self.data.index(b"\0", off, sec["offset"] + sec["size"])
+                return self.data[off:end]
+        raise KeyError(f"address {addr:#x} not in any ELF section")  # pragma: no cover
+
 
 def banner_from_vmlinux(elf: ElfFile, address: Optional[int] = None) -> bytes:
     """Return linux_banner (without NUL, with its trailing newline) from a vmlinux.
@@ -194,13 +205,7 @@ def banner_from_vmlinux(elf: ElfFile, address: Optional[int] = None) -> bytes:
     there; otherwise the last ``Linux version ... #<n>`` string of ``.rodata`` is used.
     """
     if address is not None:
-        chunk = elf.read_vaddr(address, 1)
-        for sec in elf.sections:
-            if sec["addr"] <= address < sec["addr"] + sec["size"]:
-                off = sec["offset"] + address - sec["addr"]
-                end = elf.data.index(b"\0", off)
-                chunk = elf.data[off:end]
-                break
+        chunk = elf.read_cstring(address)
         if not chunk.startswith(b"Linux version "):
             raise ValueError(f"no banner at {address:#x}")
         return chunk
@@ -224,7 +229,7 @@ def parse_symbol_list(text: str) -> Dict[str, int]:
     is_global: Dict[str, bool] = {}
     for line in text.splitlines():
         parts = line.split()
-        if len(parts) < 3 or len(parts) > 3:
+        if len(parts) != 3:  # 4 fields: a module symbol ("[mod]")
             continue
         addr_s, typ, name = parts
         try:
@@ -500,6 +505,16 @@ class IsfBuilder:
                     entry["signed"] = True
             self.base_types[name] = entry
         return name
+
+    def char_name(self) -> str:
+        if "char" not in self.base_types:
+            self.base_types["char"] = {
+                "kind": "char",
+                "size": 1,
+                "signed": True,
+                "endian": "little",
+            }
+        return "char"
 
     def int_name(self, size: int, signed: bool) -> str:
         names = {
@@ -880,7 +895,7 @@ def build_isf(
         banner_sym["type"] = {
             "kind": "array",
             "count": len(data),
-            "subtype": {"kind": "base", "name": builder._base_char()},
+            "subtype": {"kind": "base", "name": builder.char_name()},
         }
     return {
         "metadata": {
@@ -896,15 +911,6 @@ def build_isf(
         "enums": builder.enums,
         "symbols": out_symbols,
     }
-
-
-def _base_char(self: IsfBuilder) -> str:
-    if "char" not in self.base_types:
-        self.base_types["char"] = {"kind": "char", "size": 1, "signed": True, "endian": "little"}
-    return "char"
-
-
-IsfBuilder._base_char = _base_char  # type: ignore[attr-defined]
 
 
 def dumps(isf: Dict[str, Any]) -> bytes:
