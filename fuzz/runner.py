@@ -5,9 +5,10 @@ A finding is one of
 * ``exception``: the target raised something that is not in ``Target.expected``
   (anything but a ``VmrsError`` subclass, by default; MemoryError and RecursionError
   included);
-* ``hang``: one input ran longer than ``timeout`` seconds (SIGALRM interrupts Python
-  code; a second watchdog thread saves the input and ends the process with status 3 if
-  native code does not return within ``hard_timeout`` seconds);
+* ``hang``: one input ran longer than ``timeout`` seconds, twice in a row (SIGALRM
+  interrupts Python code; the second run rules out a stall of a loaded machine; a
+  watchdog thread saves the input and ends the process with status 3 if native code
+  does not return within ``hard_timeout`` seconds);
 * ``memory``: one input raised the process's peak RSS (``ru_maxrss``) by more than
   ``rss_growth_mb`` MiB.
 
@@ -30,7 +31,7 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from fuzz.mutate import Mutator
 from fuzz.seeds import Seed
@@ -60,6 +61,7 @@ class TargetStats:
     expected_errors: int = 0
     findings: int = 0
     slowest_input_seconds: float = 0.0
+    unconfirmed_hangs: int = 0  # over the timeout once, fast when run again
 
     @property
     def inputs_per_second(self) -> float:
@@ -183,6 +185,33 @@ class Runner:
     def run_one(self, target: Target, data: bytes, stats: TargetStats) -> None:
         self.current_input, self.current_target = data, target.name
         rss_before = peak_rss_mb()
+        kind, error, elapsed = self._timed(target, data, stats)
+        if kind == "hang":
+            # A loaded machine can stall any input for a second: count a hang only when
+            # a second run is slow too.
+            again, again_error, again_elapsed = self._timed(target, data, TargetStats("retry"))
+            if again != "hang":
+                stats.unconfirmed_hangs += 1
+                return
+            error, elapsed = again_error, max(elapsed, again_elapsed)
+        if not kind and peak_rss_mb() - rss_before > self.rss_growth_mb:
+            kind = "memory"
+        if not kind:
+            return
+        if error is not None:
+            summary = f"{type(error).__name__}: {error}"[:300]
+            details = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        else:
+            summary = f"{kind}: {elapsed:.2f} s, peak RSS {peak_rss_mb():.0f} MiB"
+            details = summary
+        signature = _signature(kind, error if kind == "exception" else None)
+        if self.save_finding(target.name, kind, signature, summary, data, details):
+            stats.findings += 1
+
+    def _timed(
+        self, target: Target, data: bytes, stats: TargetStats
+    ) -> Tuple[str, Optional[BaseException], float]:
+        """Run one input under the alarm: (finding kind or "", exception, seconds)."""
         error: Optional[BaseException] = None
         kind = ""
         started = time.monotonic()
@@ -203,19 +232,7 @@ class Runner:
         stats.slowest_input_seconds = max(stats.slowest_input_seconds, elapsed)
         if not kind and elapsed > self.timeout:
             kind = "hang"
-        if not kind and peak_rss_mb() - rss_before > self.rss_growth_mb:
-            kind = "memory"
-        if not kind:
-            return
-        if error is not None:
-            summary = f"{type(error).__name__}: {error}"[:300]
-            details = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-        else:
-            summary = f"{kind}: {elapsed:.2f} s, peak RSS {peak_rss_mb():.0f} MiB"
-            details = summary
-        signature = _signature(kind, error if kind == "exception" else None)
-        if self.save_finding(target.name, kind, signature, summary, data, details):
-            stats.findings += 1
+        return kind, error, elapsed
 
     # --- a campaign ------------------------------------------------------------------------
     def fuzz(
