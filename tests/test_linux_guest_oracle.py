@@ -168,6 +168,8 @@ def test_elf_ram_ranges_match_manifest(linux_guest_elf):
     assert any(gpa >= 1 << 32 for gpa, _ in ram), "expected RAM above 4 GiB"
     total = sum(len(data) for _, data in ram)
     assert total >= 256 << 20
+    ram_only = artefacts.read_elf_ram(linux_guest_elf, include_rom=False)
+    assert [(gpa, len(data)) for gpa, data in ram_only] == [(0, 128 << 20), (1 << 32, 128 << 20)]
 
 
 def test_artefact_hashes_match_manifest(linux_guest_elf):
