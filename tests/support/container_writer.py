@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from volatility3_vmrs.savedstate import structs as S
 from volatility3_vmrs.savedstate.storage import KeyType
@@ -44,7 +44,49 @@ class ReplayEntry:
     corrupt_data_checksum: bool = False
 
 
-ValueType = Union[int, float, str, bytes, bool, UInt]
+class Blob:
+    """A large Array value produced in chunks, so files bigger than memory can be written.
+
+    ``produce()`` must yield exactly ``size`` bytes in total. Blobs are always stored as
+    file objects and only supported by :meth:`ContainerWriter.build_file`.
+    """
+
+    def __init__(self, size: int, produce: Callable[[], Iterable[bytes]]) -> None:
+        self.size = size
+        self.produce = produce
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class _FileImage:
+    """The slice assignments :meth:`ContainerWriter.build` makes, sent to a file instead."""
+
+    def __init__(self, handle: BinaryIO, size: int) -> None:
+        self.handle = handle
+        handle.truncate(size)  # sparse where nothing is written
+
+    def __setitem__(self, where: slice, data: Union[bytes, Blob]) -> None:
+        self.handle.seek(where.start)
+        if isinstance(data, Blob):
+            written = 0
+            for chunk in data.produce():
+                self.handle.write(chunk)
+                written += len(chunk)
+            if written != data.size:
+                raise ValueError(f"blob produced {written} bytes, declared {data.size}")
+        else:
+            self.handle.write(data)
+
+    def __getitem__(self, where: slice) -> bytes:
+        self.handle.seek(where.start)
+        return self.handle.read(where.stop - where.start)
+
+    def __delitem__(self, where: slice) -> None:
+        self.handle.truncate(where.start)
+
+
+ValueType = Union[int, float, str, bytes, bool, UInt, Blob]
 
 
 @dataclass
@@ -72,6 +114,8 @@ def _classify(value: ValueType) -> Tuple[KeyType, bytes]:
         return KeyType.STRING, value.encode("utf-16-le")
     if isinstance(value, (bytes, bytearray)):
         return KeyType.ARRAY, bytes(value)
+    if isinstance(value, Blob):
+        return KeyType.ARRAY, value  # type: ignore[return-value]
     raise TypeError(f"cannot store {type(value).__name__}")
 
 
@@ -113,6 +157,8 @@ class ContainerWriter:
         if not parts:
             raise ValueError("empty path")
         key_type, payload = _classify(value)
+        if isinstance(value, Blob):
+            file_object = True
         self._values[parts] = (key_type, payload, file_object)
 
     def node(self, path: str) -> None:
@@ -214,6 +260,17 @@ class ContainerWriter:
         return -(-value // self.alignment) * self.alignment
 
     def build(self) -> bytes:
+        """The whole file in memory."""
+        image = self._build(None)
+        assert isinstance(image, bytearray)
+        return bytes(image)
+
+    def build_file(self, path: str) -> None:
+        """Write the file to ``path``, streaming :class:`Blob` values."""
+        with open(path, "w+b") as handle:
+            self._build(handle)
+
+    def _build(self, handle: Optional[BinaryIO]) -> Union[bytearray, _FileImage]:
         align = self.alignment
         order = self._tree()
         slack = 12 if self.flavour == "hyperv" else 0
@@ -330,8 +387,11 @@ class ContainerWriter:
         if self.log_past_eof:
             file_size = log_offset + align  # only the log header page exists
 
-        image = bytearray(max(file_size, log_offset + align))
+        full_size = max(file_size, log_offset + align)
+        image: Any = bytearray(full_size) if handle is None else _FileImage(handle, full_size)
         for offset, data in blobs:
+            if handle is None and isinstance(data, Blob):
+                raise TypeError("Blob values need build_file()")
             image[offset : offset + len(data)] = data
         for offset, page in zip(table_offsets, table_pages + after_log_tables):
             image[offset : offset + len(page)] = page
@@ -386,9 +446,9 @@ class ContainerWriter:
             )
             header = S.stamp_checksum(header, S.FILE_HEADER.offset_of("checksum"))
             image[offset : offset + len(header)] = header
-        return bytes(image)
+        return image
 
-    def _write_log(self, image: bytearray, log_offset: int, log_size: int) -> None:
+    def _write_log(self, image: Any, log_offset: int, log_size: int) -> None:
         align = self.alignment
         entries = list(self.replay_entries)
         if self.flavour == "hyperv" and not entries and self.log_pages > 1:
