@@ -136,25 +136,31 @@ class ReadOnlySource:
         return data + b"\0" * (size - len(data))
 
     def apply_patch(self, offset: int, data: bytes) -> None:
-        """Overlay ``data`` at ``offset`` in memory (later patches win where they overlap)."""
+        """Overlay ``data`` at ``offset`` in memory (later patches win where they overlap).
+
+        Patches stay sorted and disjoint; only those the new one overlaps are cut, found
+        by bisection, so n replay-log entries cost O(n log n), not O(n**2).
+        """
         if not data:
             return
-        # Rebuild the sorted list: the replay log has at most a few hundred entries.
-        pieces: List[Tuple[int, bytes]] = []
         end = offset + len(data)
-        for start, patch in self._patches:
-            patch_end = start + len(patch)
-            if patch_end <= offset or start >= end:
-                pieces.append((start, patch))
-                continue
+        starts = self._patch_starts
+        first = bisect.bisect_right(starts, offset) - 1
+        if first < 0 or starts[first] + len(self._patches[first][1]) <= offset:
+            first += 1
+        last = bisect.bisect_left(starts, end)  # patches from here on start after the new one
+        replacement: List[Tuple[int, bytes]] = []
+        if first < last:
+            start, patch = self._patches[first]
             if start < offset:
-                pieces.append((start, patch[: offset - start]))
-            if patch_end > end:
-                pieces.append((end, patch[end - start :]))
-        pieces.append((offset, bytes(data)))
-        pieces.sort(key=lambda item: item[0])
-        self._patches = pieces
-        self._patch_starts = [start for start, _ in pieces]
+                replacement.append((start, patch[: offset - start]))
+        replacement.append((offset, bytes(data)))
+        if first < last:
+            start, patch = self._patches[last - 1]
+            if start + len(patch) > end:
+                replacement.append((end, patch[end - start :]))
+        self._patches[first:last] = replacement
+        self._patch_starts[first:last] = [start for start, _ in replacement]
 
     @property
     def patched(self) -> bool:
