@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-DEFAULT_FINDINGS = Path("fuzz-findings")
+DEFAULT_FINDINGS = Path(__file__).resolve().parent / "findings"
 
 
 def _parser() -> argparse.ArgumentParser:
