@@ -321,3 +321,21 @@ def test_thousands_of_replay_patches_apply_in_near_linear_time():
     assert source.read(0x2000, 8) == b"xxxxyyyy"
     assert source.read(0x2000 + 100 * 16, 8) == b"yyyyxxxx"
     assert source.read(0x2000 + 101 * 16, 10) == b"x" * 8 + b"\0\0"
+
+
+def test_a_huge_vp_indices_bitmap_is_counted_without_a_bit_string():
+    from tests.support.partition_writer import chunk
+
+    _, blob = simple_partition(1)
+    head = next(
+        offset for offset, chunk_id in C.chunk_offsets(blob) if chunk_id == 0x30000000
+    )  # VpIndices
+    length = struct.unpack_from("<I", blob, head + 4)[0]
+    bitmap = b"\xff" * (16 * MIB)  # claims 2**27 VPs
+    huge = chunk(0x30000000, struct.pack("<I", 0) + bitmap)
+    image = blob[:head] + huge + blob[head + 16 + length :]
+    image = image[:16] + struct.pack("<Q", len(image)) + image[24:]  # total_size
+    state, peak, _ = measured(lambda: PartitionState.parse(image))
+    assert any(w.kind == "vp-indices" for w in state.warnings)
+    # The blob and its chunk copies are ~16 MiB each; bin() of the bitmap was 128 MiB.
+    assert peak < 72 * MIB, f"{peak / MIB:.0f} MiB"
