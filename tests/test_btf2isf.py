@@ -439,6 +439,8 @@ def test_committed_isf_regenerates_identically(tmp_path, committed_isf_bytes):
             str(artefacts.KALLSYMS_XZ),
             "--banner",
             str(artefacts.BANNER),
+            "--extra-symbols",
+            str(artefacts.KALLSYMS_TABLES),
             "-o",
             str(out),
         ]
@@ -490,5 +492,6 @@ def test_isf_independent_of_kaslr_slide(tmp_path, committed_isf_bytes):
     (tmp_path / "kallsyms.txt").write_text("\n".join(lines) + "\n")
     out = tmp_path / "slid.json"
     argv = ["--btf", str(artefacts.BTF_XZ), "--banner", str(artefacts.BANNER)]
+    argv += ["--extra-symbols", str(artefacts.KALLSYMS_TABLES)]
     btf2isf.main([*argv, "--kallsyms", str(tmp_path / "kallsyms.txt"), "-o", str(out)])
     assert out.read_bytes() == committed_isf_bytes

@@ -245,6 +245,11 @@ def parse_symbol_list(text: str) -> Dict[str, int]:
     return symbols
 
 
+def count_core_symbols(kallsyms_text: str) -> int:
+    """Number of core-kernel entries of a /proc/kallsyms dump (= kallsyms_num_syms)."""
+    return sum(1 for line in kallsyms_text.splitlines() if len(line.split()) == 3)
+
+
 def kaslr_shift(symbols: Dict[str, int], text_base: int = DEFAULT_TEXT_BASE) -> int:
     """The virtual KASLR slide of a kallsyms dump: ``_text`` - its link-time address."""
     if "_text" not in symbols:
@@ -260,6 +265,102 @@ def unrelocate(symbols: Dict[str, int], shift: int) -> Dict[str, int]:
         name: (addr - shift if addr >= 0xFFFFFFFF80000000 else addr)
         for name, addr in symbols.items()
     }
+
+
+def _align8(x: int) -> int:
+    return (x + 7) & ~7
+
+
+def _token_tables(data: bytes, pos: int) -> Optional[Tuple[List[bytes], int]]:
+    """Parse kallsyms_token_table at ``pos`` and validate kallsyms_token_index after it.
+
+    Returns (tokens, token_index offset) or None.
+    """
+    tokens, offsets, cur = [], [], pos
+    for _ in range(256):
+        end = data.find(b"\0", cur, cur + 256)
+        if end < 0:
+            return None
+        offsets.append(cur - pos)
+        tokens.append(data[cur:end])
+        cur = end + 1
+    index_pos = _align8(cur)
+    if index_pos + 512 > len(data):
+        return None
+    if list(struct.unpack_from("<256H", data, index_pos)) != offsets:
+        return None
+    return tokens, index_pos
+
+
+def find_kallsyms_tables(elf: ElfFile, num_syms: int) -> Dict[str, int]:
+    """Locate the kernel's compressed kallsyms tables in ``.rodata`` of a vmlinux.
+
+    ``/proc/kallsyms`` does not list ``kallsyms_num_syms``, ``kallsyms_names`` & co.,
+    but Volatility's kallsyms API needs them. ``num_syms`` is the number of core kernel
+    symbols (the three-field lines of /proc/kallsyms). Handles the 6.1+ layout written by
+    scripts/kallsyms.c with base-relative offsets: offsets, relative_base, num_syms,
+    names, markers, [seqs_of_names (6.2+)], token_table, token_index, each 8-aligned.
+    Returns {} if not found.
+    """
+    try:
+        sec = elf.section(".rodata")
+    except KeyError:
+        return {}
+    data = elf.data[sec["offset"] : sec["offset"] + sec["size"]]
+    base = sec["addr"]
+    needle = struct.pack("<I", num_syms)
+    pos = data.find(needle)
+    while pos >= 0:
+        found = _try_kallsyms_at(data, pos, num_syms)
+        if found:
+            return {name: base + off for name, off in found.items()}
+        pos = data.find(needle, pos + 1)
+    return {}
+
+
+def _try_kallsyms_at(data: bytes, pos: int, n: int) -> Optional[Dict[str, int]]:
+    if pos % 8 or pos < 8 + 4 * n:
+        return None
+    names = _align8(pos + 4)
+    cur = names
+    starts = []
+    for i in range(n):
+        if cur >= len(data):
+            return None
+        if i % 256 == 0:
+            starts.append(cur - names)
+        length = data[cur]
+        if length == 0:
+            return None
+        if length & 0x80:  # big symbols (6.1+): two-byte ULEB128 length
+            length = (length & 0x7F) | (data[cur + 1] << 7)
+            cur += 1
+        cur += 1 + length
+    markers = _align8(cur)
+    n_markers = (n + 255) >> 8
+    if markers + 4 * n_markers > len(data):
+        return None
+    if list(struct.unpack_from(f"<{n_markers}I", data, markers)) != starts:
+        return None
+    after = _align8(markers + 4 * n_markers)
+    out = {
+        "kallsyms_offsets": pos - 8 - _align8(4 * n),
+        "kallsyms_relative_base": pos - 8,
+        "kallsyms_num_syms": pos,
+        "kallsyms_names": names,
+        "kallsyms_markers": markers,
+    }
+    tables = _token_tables(data, after)
+    if tables is None:  # 6.2+: kallsyms_seqs_of_names (3 bytes per symbol) comes first
+        seqs = after
+        tables = _token_tables(data, _align8(seqs + 3 * n))
+        if tables is None:
+            return None
+        out["kallsyms_seqs_of_names"] = seqs
+        after = _align8(seqs + 3 * n)
+    out["kallsyms_token_table"] = after
+    out["kallsyms_token_index"] = tables[1]
+    return out
 
 
 # --------------------------------------------------------------------------- BTF
@@ -816,7 +917,7 @@ GLOBAL_TYPES: Dict[str, str] = {
     "cap_last_cap": "int",
     "pid_max": "int",
     "nr_threads": "int",
-    "ftrace_ops_trampoline_list": "struct ftrace_ops",
+    "ftrace_ops_trampoline_list": "struct list_head",
     "ftrace_mod_maps": "struct list_head",
     "bpf_kallsyms": "struct list_head",
     "sys_call_table": "sys_call_ptr_t[]",
@@ -850,6 +951,15 @@ GLOBAL_TYPES: Dict[str, str] = {
     "ftrace_list_end": "struct ftrace_ops",
     "prog_idr": "struct idr",
     "__start___tracepoints_ptrs": "tracepoint_ptr_t[]",
+    # the compressed kallsyms tables (linux.kallsyms, pscallstack); see find_kallsyms_tables
+    "kallsyms_num_syms": "unsigned int",
+    "kallsyms_relative_base": "long unsigned int",
+    "kallsyms_offsets": "int[]",
+    "kallsyms_names": "u8[]",
+    "kallsyms_markers": "unsigned int[]",
+    "kallsyms_seqs_of_names": "u8[]",
+    "kallsyms_token_table": "char[]",
+    "kallsyms_token_index": "u16[256]",
 }
 
 
@@ -935,6 +1045,13 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
     syms.add_argument("--kallsyms", help="/proc/kallsyms dump (KASLR addresses are undone)")
     syms.add_argument("--system-map", help="System.map")
     ap.add_argument(
+        "--extra-symbols",
+        action="append",
+        default=[],
+        metavar="MAP",
+        help="more link-time symbols in System.map format (e.g. the kallsyms tables); repeatable",
+    )
+    ap.add_argument(
         "--banner", help="file holding the linux_banner string (else read from vmlinux)"
     )
     ap.add_argument(
@@ -964,13 +1081,21 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
         btf_data = read_input(args.btf)
 
     if args.kallsyms:
-        symbols = parse_symbol_list(read_input(args.kallsyms).decode("latin-1"))
+        kallsyms_text = read_input(args.kallsyms).decode("latin-1")
+        symbols = parse_symbol_list(kallsyms_text)
         source = "symtab"
         if not args.keep_kaslr:
             symbols = unrelocate(symbols, kaslr_shift(symbols, args.text_base))
+        if elf is not None:
+            # /proc/kallsyms hides the kallsyms tables themselves; find them in vmlinux
+            for name, addr in find_kallsyms_tables(elf, count_core_symbols(kallsyms_text)).items():
+                symbols.setdefault(name, addr)
     else:
         symbols = parse_symbol_list(read_input(args.system_map).decode("latin-1"))
         source = "system-map"
+    for path in args.extra_symbols:
+        for name, addr in parse_symbol_list(read_input(path).decode("latin-1")).items():
+            symbols.setdefault(name, addr)
 
     banner: Optional[bytes] = None
     if args.banner:
