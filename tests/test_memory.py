@@ -137,11 +137,11 @@ def test_cache_limit_bounds_decoded_pages():
     memory.cache_limit_blocks = 1
     for gpa, data in RANGES:
         assert memory.read_physical(gpa, len(data)) == data
-    assert 0 < len(memory._cache) <= M.PAGES_PER_BLOCK
+    assert 0 < memory.cached_pages <= M.PAGES_PER_BLOCK
     memory.cache_limit_blocks = 0
-    assert len(memory._cache) == 0
+    assert memory.cached_pages == 0
     assert memory.read_physical(*[RANGES[2][0], 100]) == RANGES[2][1][:100]
-    assert len(memory._cache) == 0
+    assert memory.cached_pages == 0
 
 
 # --- page-record streams ----------------------------------------------------------------

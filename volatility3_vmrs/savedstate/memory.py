@@ -95,6 +95,10 @@ _RAM_MEMORY_BLOCK_NAME = re.compile(r"RamMemoryBlock(\d+)\Z")
 _RAM_BLOCK_NAME = re.compile(r"RamBlock(\d+)\Z")
 
 DEFAULT_CACHE_LIMIT_BLOCKS = 64
+# Page streams of compressed blocks kept after indexing (each at most 1 MiB).
+STREAM_CACHE_BLOCKS = 2
+# Bytes read at once from a raw block once reads turn out to be sequential.
+READ_AHEAD = 0x20000
 
 
 @dataclass(frozen=True)
@@ -252,16 +256,25 @@ class RamBlock:
     def index(self) -> _BlockIndex:
         """The record index (compressed blocks only); built once, errors remembered."""
         if self._index is None:
-            with self._lock:
-                if self._error is not None:
-                    raise self._error
-                if self._index is None:
-                    try:
-                        self._index = index_page_stream(self.key.read(), self.key.path)
-                    except GuestMemoryFormatError as error:
-                        self._error = error
-                        raise
-        return self._index
+            self.index_and_stream()
+        return self._index  # type: ignore[return-value]
+
+    def index_and_stream(self) -> Tuple[_BlockIndex, Optional[bytes]]:
+        """The index, and the stream bytes when this call had to read them to build it."""
+        if self._index is not None:
+            return self._index, None
+        with self._lock:
+            if self._error is not None:
+                raise self._error
+            if self._index is not None:
+                return self._index, None
+            stream = self.key.read()
+            try:
+                self._index = index_page_stream(stream, self.key.path)
+            except GuestMemoryFormatError as error:
+                self._error = error
+                raise
+            return self._index, stream
 
     def page_kinds(self) -> List[int]:
         """The kind of each of the 256 pages (the kind of its first record)."""
@@ -289,9 +302,17 @@ class GuestMemory:
         self.storage = storage
         self.vm_version = vm_version
         self.warnings: List[IntegrityWarning] = []
-        self._cache: OrderedDict[int, bytes] = OrderedDict()
+        # Decoded pages of compressed blocks, per block (LRU over blocks), and the page
+        # streams of the last few blocks touched, so that reading a block page after page
+        # costs one read of its stream rather than one per page.
+        self._decoded: OrderedDict[int, List[Optional[bytes]]] = OrderedDict()
+        self._streams: OrderedDict[int, bytes] = OrderedDict()
         self._cache_lock = threading.Lock()
-        self._cache_pages = 0
+        self._last_block = -1
+        self._last_range: Optional[Tuple[int, int, int]] = None  # gpa start, end, raw delta
+        # Sequential reads of raw blocks are served from one read-ahead buffer.
+        self._read_ahead: Optional[Tuple[int, bytes]] = None
+        self._sequential_end = -1
         # The last multi-page XPRESS record decoded: (block number, record, output).
         self._recent_record: Optional[Tuple[int, int, bytes]] = None
         self.cache_limit_blocks = cache_limit_blocks
@@ -572,15 +593,32 @@ class GuestMemory:
         """Read guest-physical memory. A hole raises unless ``pad`` fills it with zeros."""
         if pad:
             return self.read_physical_padded(gpa, size)[0]
+        # Fast path for what Volatility does most: a read inside one range and one block.
+        last = self._last_range
+        if last is None or not last[0] <= gpa < last[1]:
+            memory_range = self.range_of(gpa)
+            if memory_range is not None:
+                last = self._last_range = (
+                    memory_range.gpa_start,
+                    memory_range.gpa_end,
+                    (memory_range.mbp_start - memory_range.gpa_page) << PAGE_SHIFT,
+                )
+        if last is not None and last[0] <= gpa and gpa + size <= last[1] and size > 0:
+            raw = gpa + last[2]
+            within = raw & (BLOCK_SIZE - 1)
+            if within + size <= BLOCK_SIZE:
+                block = self.blocks.get(raw >> 20)
+                if block is not None:
+                    return self._read_block(block, within, size)
         pieces = []
-        for start, length, raw in self.spans(gpa, size):
-            if raw is None:
+        for start, length, raw_offset in self.spans(gpa, size):
+            if raw_offset is None:
                 raise MemoryReadError(
                     f"guest-physical address {start:#x} is not backed by saved memory (a hole "
                     "between memory ranges)",
                     address=start,
                 )
-            pieces.append(self.read_raw(raw, length))
+            pieces.append(self.read_raw(raw_offset, length))
         return b"".join(pieces)
 
     def read_physical_padded(self, gpa: int, size: int) -> Tuple[bytes, List[Tuple[int, int]]]:
@@ -623,62 +661,95 @@ class GuestMemory:
                     address=offset,
                     block=f"{SAVEDSTATE}/RamBlock{number}",
                 )
-            if block.is_raw:
-                pieces.append(block.key.read(within, length))
-            else:
-                pieces.append(self._read_compressed(block, within, length))
+            pieces.append(self._read_block(block, within, length))
             offset += length
             size -= length
         return b"".join(pieces)
 
-    def _read_compressed(self, block: RamBlock, within: int, length: int) -> bytes:
+    def _read_block(self, block: RamBlock, within: int, length: int) -> bytes:
+        if block.is_raw:
+            data = self._read_raw_block(block.key.value_offset + within, length, within)
+            if len(data) != length:
+                raise MemoryReadError(
+                    f"{block.key_path}: the file ends inside this RamBlock "
+                    f"(value offset {within + len(data):#x})",
+                    address=block.number * BLOCK_SIZE + within + len(data),
+                    block=block.key_path,
+                )
+            return data
         first = within >> PAGE_SHIFT
         last = (within + length - 1) >> PAGE_SHIFT
-        pages = [self._page(block, page) for page in range(first, last + 1)]
-        data = pages[0] if len(pages) == 1 else b"".join(pages)
+        if first == last:
+            data = self._page(block, first)
+        else:
+            data = b"".join([self._page(block, page) for page in range(first, last + 1)])
         start = within & (PAGE_SIZE - 1)
         if start == 0 and len(data) == length:
             return data
         return data[start : start + length]
 
+    def _read_raw_block(self, file_offset: int, length: int, within: int) -> bytes:
+        """File bytes of a raw RamBlock, with read-ahead while reads are sequential."""
+        ahead = self._read_ahead
+        if ahead is not None:
+            skip = file_offset - ahead[0]
+            if 0 <= skip and skip + length <= len(ahead[1]):
+                self._sequential_end = file_offset + length
+                return ahead[1][skip : skip + length]
+        span = min(READ_AHEAD, BLOCK_SIZE - within)
+        if file_offset == self._sequential_end and length < span:
+            data = self.storage.source.read(file_offset, span)
+            if len(data) >= length:
+                self._read_ahead = (file_offset, data)
+                self._sequential_end = file_offset + length
+                return data[:length]
+        self._sequential_end = file_offset + length
+        return self.storage.source.read(file_offset, length)
+
     def _page(self, block: RamBlock, page: int) -> bytes:
-        mbp = block.number * PAGES_PER_BLOCK + page
-        cached = self._cache.get(mbp)
-        if cached is not None:
-            with self._cache_lock:
-                if mbp in self._cache:
-                    self._cache.move_to_end(mbp)
-            return cached
+        decoded = self._decoded.get(block.number)
+        if decoded is not None:
+            data = decoded[page]
+            if data is not None:
+                if self._last_block != block.number:
+                    self._touch(block.number)
+                return data
         try:
-            index = block.index()
+            index, stream = block.index_and_stream()
         except GuestMemoryFormatError as error:
             raise MemoryReadError(
                 f"{block.key_path} cannot be decoded: {error.detail}",
-                address=mbp << PAGE_SHIFT,
+                address=(block.number * PAGES_PER_BLOCK + page) << PAGE_SHIFT,
                 block=block.key_path,
             ) from error
+        if stream is not None and self._cache_limit_blocks:
+            self._keep_stream(block.number, stream)
         page_start = page << PAGE_SHIFT
         page_end = page_start + PAGE_SIZE
         record = bisect.bisect_right(index.out_start, page_start) - 1
         if index.out_start[record] + index.out_length[record] >= page_end:
             # The usual case: one record covers the whole page.
             data = self._decode_record(block, index, record, page_start, PAGE_SIZE)
-            compressed = index.kind[record] == KIND_XPRESS
         else:
             # Records that do not line up with pages (extended records): gather.
             parts = []
-            compressed = False
             position = page_start
             while position < page_end:
                 record = bisect.bisect_right(index.out_start, position) - 1
                 take = min(index.out_start[record] + index.out_length[record], page_end) - position
                 parts.append(self._decode_record(block, index, record, position, take))
-                compressed = compressed or index.kind[record] == KIND_XPRESS
                 position += take
             data = b"".join(parts)
-        if compressed and self._cache_limit_blocks:
-            self._remember(mbp, data)
+        if self._cache_limit_blocks:
+            self._remember(block.number, page, data)
         return data
+
+    def _stored(self, block: RamBlock, offset: int, length: int) -> bytes:
+        """Bytes of a compressed block's stream, from the stream cache when it holds them."""
+        stream = self._streams.get(block.number)
+        if stream is not None:
+            return stream[offset : offset + length]
+        return block.key.read(offset, length)
 
     def _decode_record(
         self, block: RamBlock, index: _BlockIndex, record: int, position: int, length: int
@@ -692,13 +763,13 @@ class GuestMemory:
                 return self._zero_page
             return (pattern * ((skip + length) // 8 + 2))[skip % 8 : skip % 8 + length]
         if kind == KIND_RAW:
-            return block.key.read(index.source[record] + skip, length)
+            return self._stored(block, index.source[record] + skip, length)
         out_length = index.out_length[record]
         recent = self._recent_record
         if recent is not None and recent[0] == block.number and recent[1] == record:
             output = recent[2]
         else:
-            stored = block.key.read(index.source[record], index.data_length[record])
+            stored = self._stored(block, index.source[record], index.data_length[record])
             try:
                 output = xpress.decompress(stored, out_length)
             except GuestMemoryFormatError as error:
@@ -727,20 +798,44 @@ class GuestMemory:
         self._cache_limit_blocks = blocks
         self._trim_cache()
 
-    def _remember(self, mbp: int, data: bytes) -> None:
+    @property
+    def cached_pages(self) -> int:
+        """Decoded pages held in the cache."""
+        return sum(sum(1 for page in pages if page is not None) for pages in self._decoded.values())
+
+    def _touch(self, number: int) -> None:
         with self._cache_lock:
-            if mbp not in self._cache:
-                self._cache[mbp] = data
+            if number in self._decoded:
+                self._decoded.move_to_end(number)
+            self._last_block = number
+
+    def _remember(self, number: int, page: int, data: bytes) -> None:
+        with self._cache_lock:
+            pages = self._decoded.get(number)
+            if pages is None:
+                pages = self._decoded[number] = [None] * PAGES_PER_BLOCK
+            else:
+                self._decoded.move_to_end(number)
+            pages[page] = data
+            self._last_block = number
             self._trim_cache_locked()
+
+    def _keep_stream(self, number: int, stream: bytes) -> None:
+        with self._cache_lock:
+            self._streams[number] = stream
+            while len(self._streams) > STREAM_CACHE_BLOCKS:
+                self._streams.popitem(last=False)
 
     def _trim_cache(self) -> None:
         with self._cache_lock:
             self._trim_cache_locked()
 
     def _trim_cache_locked(self) -> None:
-        limit = self._cache_limit_blocks * PAGES_PER_BLOCK
-        while len(self._cache) > limit:
-            self._cache.popitem(last=False)
+        while len(self._decoded) > self._cache_limit_blocks:
+            self._decoded.popitem(last=False)
+            self._last_block = -1
+        if not self._cache_limit_blocks:
+            self._streams.clear()
 
     # --- statistics -------------------------------------------------------------------
     def page_kind_counts(

@@ -94,6 +94,8 @@ class SavedStateDump:
         except BaseException:
             self.storage.close()
             raise
+        # The hot path: bound straight to the memory reader, no extra call layer.
+        self.read_physical = self.memory.read_physical
         self._forced_arch: Dict[int, VIRTUAL_PROCESSOR_ARCH] = {}
         self._forced_paging: Dict[int, PAGING_MODE] = {}
         self._forced_vtl: Dict[int, int] = {}
@@ -257,7 +259,8 @@ class SavedStateDump:
     def memory_ranges(self) -> List[MemoryRange]:
         return list(self.memory.ranges)
 
-    def read_physical(self, gpa: int, size: int, pad: bool = False) -> bytes:
+    def read_physical(self, gpa: int, size: int, pad: bool = False) -> bytes:  # type: ignore[no-redef]
+        """ReadGuestPhysicalAddress (replaced per instance by the memory reader's method)."""
         return self.memory.read_physical(gpa, size, pad=pad)
 
     def read_physical_padded(self, gpa: int, size: int) -> Tuple[bytes, List[Tuple[int, int]]]:
