@@ -495,3 +495,61 @@ def test_isf_independent_of_kaslr_slide(tmp_path, committed_isf_bytes):
     argv += ["--extra-symbols", str(artefacts.KALLSYMS_TABLES)]
     btf2isf.main([*argv, "--kallsyms", str(tmp_path / "kallsyms.txt"), "-o", str(out)])
     assert out.read_bytes() == committed_isf_bytes
+
+
+def test_find_kallsyms_tables_synthetic():
+    """Lay out tables the way scripts/kallsyms.c does (6.2+ with seqs_of_names) and find them."""
+
+    def pad8(b: bytearray) -> None:
+        b += b"\0" * (-len(b) % 8)
+
+    n = 300  # more than 256: two markers
+    ro = bytearray(b"\xaa" * 16)
+    offsets_at = len(ro)
+    ro += struct.pack(f"<{n}i", *range(n))
+    pad8(ro)
+    base_at = len(ro)
+    ro += struct.pack("<Q", 0xFFFFFFFF81000000)
+    num_at = len(ro)
+    ro += struct.pack("<I", n)
+    pad8(ro)
+    names_at = len(ro)
+    starts = []
+    for i in range(n):
+        if i % 256 == 0:
+            starts.append(len(ro) - names_at)
+        entry = bytes([0x54]) + f"sym{i}".encode()
+        if i == 5:  # a "big symbol" with a two-byte length
+            entry = bytes([0x54]) + b"x" * 200
+            ro += bytes([0x80 | (len(entry) & 0x7F), len(entry) >> 7]) + entry
+            continue
+        ro += bytes([len(entry)]) + entry
+    pad8(ro)
+    markers_at = len(ro)
+    ro += struct.pack(f"<{len(starts)}I", *starts)
+    pad8(ro)
+    seqs_at = len(ro)
+    ro += b"\1\2\3" * n
+    pad8(ro)
+    tokens_at = len(ro)
+    token_offsets = []
+    for i in range(256):
+        token_offsets.append(len(ro) - tokens_at)
+        ro += (bytes([i]) if 32 < i < 127 else b"t%d" % i) + b"\0"
+    pad8(ro)
+    index_at = len(ro)
+    ro += struct.pack("<256H", *token_offsets)
+    elf = btf2isf.ElfFile(_tiny_elf({".rodata": bytes(ro)}))
+    base = 0xFFFFFFFF82000000
+    found = btf2isf.find_kallsyms_tables(elf, n)
+    assert found == {
+        "kallsyms_offsets": base + offsets_at,
+        "kallsyms_relative_base": base + base_at,
+        "kallsyms_num_syms": base + num_at,
+        "kallsyms_names": base + names_at,
+        "kallsyms_markers": base + markers_at,
+        "kallsyms_seqs_of_names": base + seqs_at,
+        "kallsyms_token_table": base + tokens_at,
+        "kallsyms_token_index": base + index_at,
+    }
+    assert btf2isf.find_kallsyms_tables(elf, n + 1) == {}
