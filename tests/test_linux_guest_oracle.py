@@ -6,10 +6,6 @@ These runs are the reference ("oracle") that the .vmrs layer will later be compa
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -17,62 +13,25 @@ import pytest
 
 from tests.fixtures.linux_guest import artefacts
 from tests.fixtures.linux_guest.artefacts import linux_guest_elf, linux_guest_symbols
+from tests.support.vol import flatten, vol_json
 
 __all__ = ["linux_guest_elf", "linux_guest_symbols"]
 
 MANIFEST = artefacts.load_manifest()
-# The stock CLI: the `vol` entry-point script beside this interpreter, run by it
-# (volatility3.cli has no __main__, so `python -m volatility3.cli` does not work).
-_VOL_SCRIPT = Path(sys.executable).with_name("vol")
-VOL = [sys.executable, str(_VOL_SCRIPT)] if _VOL_SCRIPT.is_file() else ["vol"]
 NAMED = MANIFEST["processes"]["named"]
 
 
 @pytest.fixture(scope="module")
-def vol_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("vol_cache")
-
-
-@pytest.fixture(scope="module")
 def run_vol(linux_guest_elf, linux_guest_symbols, vol_cache):
-    results: Dict[str, List[Dict[str, Any]]] = {}
+    """The stock `vol` on the ELF; runs are shared with the .vmrs comparison tests."""
 
     def run(plugin: str, *args: str) -> List[Dict[str, Any]]:
-        key = " ".join((plugin, *args))
-        if key not in results:
-            cmd = [
-                *VOL,
-                "-q",
-                "-r",
-                "json",
-                "--cache-path",
-                str(vol_cache),
-                "-s",
-                str(linux_guest_symbols),
-                "-f",
-                str(linux_guest_elf),
-                plugin,
-                *args,
-            ]
-            env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-            assert proc.returncode == 0, f"{plugin} failed:\n{proc.stderr[-4000:]}"
-            start = proc.stdout.find("[")
-            assert start >= 0, (
-                f"{plugin}: no JSON output:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
-            )
-            results[key] = json.loads(proc.stdout[start:])
-        return results[key]
+        return vol_json(
+            ["-s", str(linux_guest_symbols), "-f", str(linux_guest_elf), plugin, *args],
+            cache=vol_cache,
+        )
 
     return run
-
-
-def flatten(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    out = []
-    for row in rows:
-        out.append(row)
-        out.extend(flatten(row.get("__children", [])))
-    return out
 
 
 def test_pslist_named_processes_and_parentage(run_vol):

@@ -56,6 +56,7 @@ def outputs(linux_guest_symbols, linux_guest_elf, vmrs_files, vol_cache):
     """Every (file, plugin) run, done up front two at a time (the machine has 2 cores)."""
 
     def one(path: Path, plugin: str) -> List:
+        # Same arguments as the oracle module's runs on the ELF, so those are shared.
         return vol_json(["-s", str(linux_guest_symbols), "-f", str(path), plugin], cache=vol_cache)
 
     # The first run builds Volatility's symbol cache: let it finish alone.
