@@ -30,3 +30,19 @@ def sample_paths() -> dict:
 def vol_cache(tmp_path_factory) -> Path:
     """One Volatility cache for the whole run: its first build takes ~30 s."""
     return tmp_path_factory.mktemp("vol_cache")
+
+
+@pytest.fixture(scope="session")
+def linux_guest_elf(tmp_path_factory) -> Path:
+    """The committed real-guest memory ELF, decompressed once per session."""
+    from tests.fixtures.linux_guest import artefacts
+
+    directory = tmp_path_factory.getbasetemp() / "linux_guest_elf"
+    directory.mkdir(exist_ok=True)
+    return artefacts.elf_path(directory)
+
+
+@pytest.fixture(scope="session")
+def linux_guest_symbols() -> Path:
+    """The repo's symbols directory (``-s`` for vol), holding linux/<release>.json.xz."""
+    return REPO_ROOT / "symbols"

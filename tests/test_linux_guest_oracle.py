@@ -12,10 +12,7 @@ from typing import Any, Dict, List
 import pytest
 
 from tests.fixtures.linux_guest import artefacts
-from tests.fixtures.linux_guest.artefacts import linux_guest_elf, linux_guest_symbols
 from tests.support.vol import flatten, vol_json
-
-__all__ = ["linux_guest_elf", "linux_guest_symbols"]
 
 MANIFEST = artefacts.load_manifest()
 NAMED = MANIFEST["processes"]["named"]

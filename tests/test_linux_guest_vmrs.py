@@ -13,7 +13,6 @@ from typing import Dict, List
 import pytest
 
 from tests.fixtures.linux_guest import artefacts
-from tests.fixtures.linux_guest.artefacts import linux_guest_elf, linux_guest_symbols
 from tests.support.linux_guest import LINUX_GUEST_OS_ID, VARIANTS, build_vmrs
 from tests.support.vol import flatten, vol_json
 from volatility3_vmrs.savedstate import (
@@ -25,8 +24,6 @@ from volatility3_vmrs.savedstate import (
     ReleaseSavedStateFiles,
 )
 from volatility3_vmrs.savedstate.types import PAGING_MODE
-
-__all__ = ["linux_guest_elf", "linux_guest_symbols"]
 
 PLUGINS = [
     "linux.pslist",
