@@ -232,18 +232,9 @@ class ContainerWriter:
         return body + b"\0" * (size - len(body))
 
     def _free_entry(self, size: int) -> bytes:
-        if self.flavour == "hyperv":
-            header = S.KEY_ENTRY_HEADER.pack(
-                type=int(KeyType.FREE),
-                flags=0,
-                size=size,
-                parent_table=0,
-                parent_offset=0,
-                checksum=0,
-                insertion_sequence=0xFDFDFDFD,
-                name_size=0,
-            )
-            return header + b"\xfd" * (size - len(header))
+        # Hyper-V fills freed entries with 0xFD and leaves a stale insertion sequence;
+        # openvmm writes zeros (both read back the same, §4.3).
+        filler, sequence = (b"\xfd", 0xFDFDFDFD) if self.flavour == "hyperv" else (b"\0", 0)
         header = S.KEY_ENTRY_HEADER.pack(
             type=int(KeyType.FREE),
             flags=0,
@@ -251,10 +242,10 @@ class ContainerWriter:
             parent_table=0,
             parent_offset=0,
             checksum=0,
-            insertion_sequence=0,
+            insertion_sequence=sequence,
             name_size=0,
         )
-        return header + b"\0" * (size - len(header))
+        return header + filler * (size - len(header))
 
     def _align(self, value: int) -> int:
         return -(-value // self.alignment) * self.alignment

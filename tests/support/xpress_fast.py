@@ -28,6 +28,9 @@ class _Writer:
     def _flag(self, bit: int) -> None:
         self.flags = (self.flags << 1) | bit
         self.count += 1
+        self._flush_if_full()
+
+    def _flush_if_full(self) -> None:
         if self.count == 32:
             self.out[self.flag_at : self.flag_at + 4] = struct.pack("<I", self.flags)
             self.flag_at = len(self.out)
@@ -44,12 +47,7 @@ class _Writer:
             self.flags <<= take
             self.count += take
             position += take
-            if self.count == 32:
-                self.out[self.flag_at : self.flag_at + 4] = struct.pack("<I", self.flags)
-                self.flag_at = len(self.out)
-                self.out += b"\0\0\0\0"
-                self.flags = 0
-                self.count = 0
+            self._flush_if_full()
 
     def _nibble(self, value: int) -> None:
         if self.nibble_at < 0:

@@ -5,11 +5,19 @@ from __future__ import annotations
 from typing import List
 
 from volatility3.framework import exceptions, interfaces
+from volatility3.framework.configuration import requirements
 
 from volatility3_vmrs.layers.vmrs import VmrsLayer
 
 # Importing this module imports the layer module, which registers the stacker.
-__all__ = ["VmrsLayer", "find_vmrs_layer"]
+__all__ = ["VmrsLayer", "find_vmrs_layer", "primary_requirement"]
+
+
+def primary_requirement() -> requirements.TranslationLayerRequirement:
+    """The layer every plugin of the pack starts from (the .vmrs layer lies under it)."""
+    return requirements.TranslationLayerRequirement(
+        name="primary", description="Memory layer stacked on the .vmrs file"
+    )
 
 
 def find_vmrs_layer(context: interfaces.context.ContextInterface, layer_name: str) -> VmrsLayer:

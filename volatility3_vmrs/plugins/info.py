@@ -6,11 +6,10 @@ import logging
 from typing import Iterator, List, Tuple
 
 from volatility3.framework import interfaces, renderers
-from volatility3.framework.configuration import requirements
 
 from volatility3_vmrs.savedstate.errors import VmrsError
 
-from .common import find_vmrs_layer
+from .common import find_vmrs_layer, primary_requirement
 
 vollog = logging.getLogger(__name__)
 
@@ -30,9 +29,7 @@ class Info(interfaces.plugins.PluginInterface):
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
         return [
-            requirements.TranslationLayerRequirement(
-                name="primary", description="Memory layer stacked on the .vmrs file"
-            ),
+            primary_requirement(),
         ]
 
     def _rows(self) -> Iterator[Tuple[str, str]]:

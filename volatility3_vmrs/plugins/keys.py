@@ -20,7 +20,7 @@ from volatility3.framework.configuration import requirements
 from volatility3_vmrs.savedstate.errors import VmrsError
 from volatility3_vmrs.savedstate.storage import HyperVStorage, Key, KeyType
 
-from .common import find_vmrs_layer
+from .common import find_vmrs_layer, primary_requirement
 
 vollog = logging.getLogger(__name__)
 
@@ -86,9 +86,7 @@ class Keys(interfaces.plugins.PluginInterface):
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
         return [
-            requirements.TranslationLayerRequirement(
-                name="primary", description="Memory layer stacked on the .vmrs file"
-            ),
+            primary_requirement(),
             requirements.StringRequirement(
                 name="path",
                 description="Only this key and its subtree, or keys whose path starts so",

@@ -19,7 +19,7 @@ from volatility3.framework.renderers import format_hints
 
 from volatility3_vmrs.savedstate.memory import PAGE_SIZE, GuestMemory, MemoryRange
 
-from .common import find_vmrs_layer
+from .common import find_vmrs_layer, primary_requirement
 
 vollog = logging.getLogger(__name__)
 
@@ -60,9 +60,7 @@ class Memmap(interfaces.plugins.PluginInterface):
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
         return [
-            requirements.TranslationLayerRequirement(
-                name="primary", description="Memory layer stacked on the .vmrs file"
-            ),
+            primary_requirement(),
             requirements.BooleanRequirement(
                 name="quick",
                 description="Do not index compressed RamBlocks (page-kind counts left empty)",

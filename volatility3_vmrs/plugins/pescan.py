@@ -26,7 +26,7 @@ from volatility3_vmrs.layers.vmrs import choose_vp, vp_layer
 from volatility3_vmrs.savedstate import pescan
 from volatility3_vmrs.savedstate.types import PAGING_MODE
 
-from .common import find_vmrs_layer
+from .common import find_vmrs_layer, primary_requirement
 from .registers import fail
 
 vollog = logging.getLogger(__name__)
@@ -130,9 +130,7 @@ class PEScan(interfaces.plugins.PluginInterface):
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
         return [
-            requirements.TranslationLayerRequirement(
-                name="primary", description="Memory layer stacked on the .vmrs file"
-            ),
+            primary_requirement(),
             requirements.BooleanRequirement(
                 name="virtual",
                 description="Also scan the kernel virtual address space of a VP",

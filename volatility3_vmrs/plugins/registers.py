@@ -29,7 +29,7 @@ from volatility3_vmrs.savedstate.types import (
     Segment,
 )
 
-from .common import find_vmrs_layer
+from .common import find_vmrs_layer, primary_requirement
 
 vollog = logging.getLogger(__name__)
 
@@ -142,9 +142,7 @@ class Registers(interfaces.plugins.PluginInterface):
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
         return [
-            requirements.TranslationLayerRequirement(
-                name="primary", description="Memory layer stacked on the .vmrs file"
-            ),
+            primary_requirement(),
             requirements.IntRequirement(
                 name="vp", description="Only this virtual processor", optional=True
             ),

@@ -27,7 +27,7 @@ from volatility3_vmrs.savedstate.paging import (
 )
 from volatility3_vmrs.savedstate.types import PAGING_MODE
 
-from .common import find_vmrs_layer
+from .common import find_vmrs_layer, primary_requirement
 from .registers import fail
 
 vollog = logging.getLogger(__name__)
@@ -73,9 +73,7 @@ class Vtop(interfaces.plugins.PluginInterface):
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
         return [
-            requirements.TranslationLayerRequirement(
-                name="primary", description="Memory layer stacked on the .vmrs file"
-            ),
+            primary_requirement(),
             # Required, but declared optional so that a configuration saved with
             # --save-config can supply it (argparse would insist on the option).
             requirements.IntRequirement(
