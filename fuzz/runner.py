@@ -192,8 +192,9 @@ class Runner:
             again, again_error, again_elapsed = self._timed(target, data, TargetStats("retry"))
             if again != "hang":
                 stats.unconfirmed_hangs += 1
-                return
-            error, elapsed = again_error, max(elapsed, again_elapsed)
+                kind, error = "", None
+            else:
+                error, elapsed = again_error, max(elapsed, again_elapsed)
         if not kind and peak_rss_mb() - rss_before > self.rss_growth_mb:
             kind = "memory"
         if not kind:

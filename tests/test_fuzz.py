@@ -117,7 +117,7 @@ def hungry(data):
     block = bytearray(96 * 1024 * 1024)
     block[::4096] = b"\\x01" * len(block[::4096])  # touch every page: RSS grows
 
-runner = Runner(Path(sys.argv[1]), log=False, rss_growth_mb=48)
+runner = Runner(Path(sys.argv[1]), log=False, rss_growth_mb=48, timeout=30)
 stats = runner.fuzz(Target("hungry", hungry, "x", "test"), [Seed("a", b"a")], inputs=1)
 print(stats.findings, runner.report.findings[0].kind if runner.report.findings else "-")
 """
@@ -135,7 +135,7 @@ def test_memory_blow_up_is_a_finding(tmp_path):
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["1", "memory"]
+    assert result.stdout.split() == ["1", "memory"], (result.stdout, result.stderr)
 
 
 def test_every_seed_passes_its_targets():
