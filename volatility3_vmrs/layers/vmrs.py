@@ -88,8 +88,10 @@ def _local_path(layer: interfaces.layers.DataLayerInterface) -> Optional[str]:
     return urllib.request.url2pathname(parsed.path)
 
 
-def looks_like_container(layer: interfaces.layers.DataLayerInterface) -> bool:
-    """Signature + CRC of either header copy: cheap enough to decline any file at once."""
+def header_signatures(layer: interfaces.layers.DataLayerInterface) -> Tuple[bool, bool]:
+    """(a header copy has the signature, a copy also has a valid CRC): cheap enough to
+    decline any other file at once."""
+    signed = valid = False
     for offset in structs.FILE_HEADER_OFFSETS:
         try:
             raw = layer.read(offset, structs.FILE_HEADER.size)
@@ -98,10 +100,15 @@ def looks_like_container(layer: interfaces.layers.DataLayerInterface) -> bool:
         fields = structs.FILE_HEADER.unpack(raw)
         if fields.signature != structs.FILE_HEADER_SIGNATURE:
             continue
+        signed = True
         expected = structs.crc32_with_zeroed_field(raw, structs.FILE_HEADER.offset_of("checksum"))
-        if expected == fields.checksum:
-            return True
-    return False
+        valid = valid or expected == fields.checksum
+    return signed, valid
+
+
+def looks_like_container(layer: interfaces.layers.DataLayerInterface) -> bool:
+    """Signature + CRC of either header copy."""
+    return all(header_signatures(layer))
 
 
 class VmrsLayer(interfaces.layers.DataLayerInterface):
@@ -176,11 +183,10 @@ class VmrsLayer(interfaces.layers.DataLayerInterface):
         return all(raw is not None for _, _, raw in self._dump.memory.spans(offset, length))
 
     def read(self, offset: int, length: int, pad: bool = False) -> bytes:
-        memory = self._dump.memory
         if pad:
-            return memory.read_physical_padded(offset, length)[0]
+            return self._dump.memory.read_physical_padded(offset, length)[0]
         try:
-            return memory.read_physical(offset, length)
+            return self._dump.read_physical(offset, length)
         except MemoryReadError as error:
             raise exceptions.InvalidAddressException(self.name, error.address, str(error)) from None
 
@@ -333,8 +339,13 @@ class VmrsStacker(interfaces.automagic.StackerLayerInterface):
         progress_callback: constants.ProgressCallback = None,
     ) -> Optional[interfaces.layers.DataLayerInterface]:
         base = context.layers[layer_name]
-        if isinstance(base, VmrsLayer) or not looks_like_container(base):
+        if isinstance(base, VmrsLayer):
             return None
+        signed, _ = header_signatures(base)
+        if not signed:
+            return None  # not a HyperVStorage file: decline without a word
+        # A signed header whose checksums fail is still a (damaged) .vmrs: opening it
+        # below produces the error that says what is wrong and where.
         new_name = context.layers.free_layer_name("VmrsLayer")
         context.config[interfaces.configuration.path_join(new_name, "base_layer")] = layer_name
         try:

@@ -714,16 +714,18 @@ class GuestMemory:
                 if self._last_block != block.number:
                     self._touch(block.number)
                 return data
-        try:
-            index, stream = block.index_and_stream()
-        except GuestMemoryFormatError as error:
-            raise MemoryReadError(
-                f"{block.key_path} cannot be decoded: {error.detail}",
-                address=(block.number * PAGES_PER_BLOCK + page) << PAGE_SHIFT,
-                block=block.key_path,
-            ) from error
-        if stream is not None and self._cache_limit_blocks:
-            self._keep_stream(block.number, stream)
+        index = block._index
+        if index is None:
+            try:
+                index, stream = block.index_and_stream()
+            except GuestMemoryFormatError as error:
+                raise MemoryReadError(
+                    f"{block.key_path} cannot be decoded: {error.detail}",
+                    address=(block.number * PAGES_PER_BLOCK + page) << PAGE_SHIFT,
+                    block=block.key_path,
+                ) from error
+            if stream is not None and self._cache_limit_blocks:
+                self._keep_stream(block.number, stream)
         page_start = page << PAGE_SHIFT
         page_end = page_start + PAGE_SIZE
         record = bisect.bisect_right(index.out_start, page_start) - 1
@@ -784,6 +786,8 @@ class GuestMemory:
                 # 256 pages would decompress the whole record again. One record is kept
                 # for the whole guest, so this costs at most 1 MiB.
                 self._recent_record = (block.number, record, output)
+        if skip == 0 and length == out_length:
+            return output  # the whole record is the page: no copy
         return output[skip : skip + length]
 
     # --- cache ------------------------------------------------------------------------
@@ -810,6 +814,10 @@ class GuestMemory:
             self._last_block = number
 
     def _remember(self, number: int, page: int, data: bytes) -> None:
+        pages = self._decoded.get(number)
+        if pages is not None and number == self._last_block:
+            pages[page] = data  # already the most recent block: no reordering needed
+            return
         with self._cache_lock:
             pages = self._decoded.get(number)
             if pages is None:
@@ -817,8 +825,8 @@ class GuestMemory:
             else:
                 self._decoded.move_to_end(number)
             pages[page] = data
-            self._last_block = number
             self._trim_cache_locked()
+            self._last_block = number
 
     def _keep_stream(self, number: int, stream: bytes) -> None:
         with self._cache_lock:
