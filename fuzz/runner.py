@@ -93,7 +93,20 @@ class RunReport:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far (Linux reports KiB, macOS bytes)."""
+    """Peak resident set size of this process so far.
+
+    On Linux this is VmHWM of the process's own address space: ``ru_maxrss`` survives
+    exec(), so a child started by a large parent (pytest after the big-guest tests)
+    would report the parent's peak and hide any growth of its own.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    # Elsewhere: ru_maxrss (Linux reports KiB, macOS bytes).
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
