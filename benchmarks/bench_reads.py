@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import resource
 import struct
 import subprocess
 import sys
@@ -162,14 +161,14 @@ def read_vmrs(path: str, chunk: int) -> int:
 
 def child(kind: str, path: str, chunk: int) -> None:
     """Run one read in this (child) process and print seconds and memory."""
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     import volatility3_vmrs.savedstate  # noqa: F401  (import cost outside the timing)
+    from fuzz.runner import peak_rss_mb  # this process's own peak (VmHWM on Linux)
 
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    baseline = peak_rss_mb()
     reader = read_image if kind == "image" else read_vmrs
     seconds, total = timed(reader, path, chunk)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"seconds": seconds, "bytes": total, "peak_kib": peak, "base_kib": baseline}))
+    peak = peak_rss_mb()
+    print(json.dumps({"seconds": seconds, "bytes": total, "peak_mib": peak, "base_mib": baseline}))
 
 
 def run_child(kind: str, path: Path, chunk: int, repeats: int = 3) -> dict:
@@ -275,7 +274,7 @@ def main() -> None:
             result = run_child(kind, full[kind], chunk)
             assert result["bytes"] == image["bytes"], (result, image)
             speed = result["bytes"] / result["seconds"]
-            extra = (result["peak_kib"] - result["base_kib"]) / 1024
+            extra = result["peak_mib"] - result["base_mib"]
             print(
                 f"  .vmrs {kind:6}  : {speed / MIB:8.1f} MiB/s  ratio {speed / speed_image:.2f}x "
                 f"(goal >= {goal}x)  peak memory +{extra:.0f} MiB "
