@@ -313,6 +313,9 @@ class GuestMemory:
         # Sequential reads of raw blocks are served from one read-ahead buffer.
         self._read_ahead: Optional[Tuple[int, bytes]] = None
         self._sequential_end = -1
+        # The same buffer seen from guest-physical space: (gpa, usable length, data,
+        # file offset of data).
+        self._window: Optional[Tuple[int, int, bytes, int]] = None
         # The last multi-page XPRESS record decoded: (block number, record, output).
         self._recent_record: Optional[Tuple[int, int, bytes]] = None
         self.cache_limit_blocks = cache_limit_blocks
@@ -593,6 +596,13 @@ class GuestMemory:
         """Read guest-physical memory. A hole raises unless ``pad`` fills it with zeros."""
         if pad:
             return self.read_physical_padded(gpa, size)[0]
+        # Fastest path: a sequential read the last read-ahead of a raw block covers.
+        window = self._window
+        if window is not None:
+            skip = gpa - window[0]
+            if 0 <= skip and skip + size <= window[1]:
+                self._sequential_end = window[3] + skip + size
+                return window[2][skip : skip + size]
         # Fast path for what Volatility does most: a read inside one range and one block.
         last = self._last_range
         if last is None or not last[0] <= gpa < last[1]:
@@ -609,6 +619,8 @@ class GuestMemory:
             if within + size <= BLOCK_SIZE:
                 block = self.blocks.get(raw >> 20)
                 if block is not None:
+                    if block.is_raw:
+                        return self._read_raw_block(block, within, size, gpa, last[1])
                     return self._read_block(block, within, size)
         pieces = []
         for start, length, raw_offset in self.spans(gpa, size):
@@ -668,15 +680,7 @@ class GuestMemory:
 
     def _read_block(self, block: RamBlock, within: int, length: int) -> bytes:
         if block.is_raw:
-            data = self._read_raw_block(block.key.value_offset + within, length, within)
-            if len(data) != length:
-                raise MemoryReadError(
-                    f"{block.key_path}: the file ends inside this RamBlock "
-                    f"(value offset {within + len(data):#x})",
-                    address=block.number * BLOCK_SIZE + within + len(data),
-                    block=block.key_path,
-                )
-            return data
+            return self._read_raw_block(block, within, length)
         first = within >> PAGE_SHIFT
         last = (within + length - 1) >> PAGE_SHIFT
         if first == last:
@@ -688,8 +692,15 @@ class GuestMemory:
             return data
         return data[start : start + length]
 
-    def _read_raw_block(self, file_offset: int, length: int, within: int) -> bytes:
-        """File bytes of a raw RamBlock, with read-ahead while reads are sequential."""
+    def _read_raw_block(
+        self, block: RamBlock, within: int, length: int, gpa: int = -1, range_end: int = 0
+    ) -> bytes:
+        """File bytes of a raw RamBlock, with read-ahead while reads are sequential.
+
+        ``gpa``/``range_end`` (when the caller knows them) let the read-ahead also serve
+        the next guest-physical reads directly, up to the end of the block or the range.
+        """
+        file_offset = block.key.value_offset + within
         ahead = self._read_ahead
         if ahead is not None:
             skip = file_offset - ahead[0]
@@ -701,10 +712,20 @@ class GuestMemory:
             data = self.storage.source.read(file_offset, span)
             if len(data) >= length:
                 self._read_ahead = (file_offset, data)
+                if gpa >= 0:
+                    self._window = (gpa, min(len(data), range_end - gpa), data, file_offset)
                 self._sequential_end = file_offset + length
                 return data[:length]
         self._sequential_end = file_offset + length
-        return self.storage.source.read(file_offset, length)
+        data = self.storage.source.read(file_offset, length)
+        if len(data) != length:
+            raise MemoryReadError(
+                f"{block.key_path}: the file ends inside this RamBlock "
+                f"(value offset {within + len(data):#x})",
+                address=block.number * BLOCK_SIZE + within + len(data),
+                block=block.key_path,
+            )
+        return data
 
     def _page(self, block: RamBlock, page: int) -> bytes:
         decoded = self._decoded.get(block.number)
