@@ -106,11 +106,6 @@ def header_signatures(layer: interfaces.layers.DataLayerInterface) -> Tuple[bool
     return signed, valid
 
 
-def looks_like_container(layer: interfaces.layers.DataLayerInterface) -> bool:
-    """Signature + CRC of either header copy."""
-    return all(header_signatures(layer))
-
-
 class VmrsLayer(interfaces.layers.DataLayerInterface):
     """Guest-physical memory of a Hyper-V saved state."""
 
