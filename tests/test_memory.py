@@ -300,3 +300,23 @@ def test_absurd_range_over_few_blocks_reads_fail_cleanly():
     assert memory.read_physical(0, 16) == bytes(16)
     with pytest.raises(VmrsError):
         memory.read_physical((1 << 30) * PAGE - 16, 16)
+
+
+def test_memory_keys_the_reader_does_not_apply_are_reported():
+    from volatility3_vmrs.savedstate.storage import HyperVStorage as Storage
+
+    data, _ = SavedStateWriter(
+        RANGES[:1],
+        None,
+        extra_keys={
+            "/savedstate/RamMemoryBlockPageCountValid0": 100,
+            "/savedstate/RamMemoryBlockBackingBitmap0": b"\xff" * 40,
+        },
+    ).build()
+    memory = GuestMemory(Storage(io.BytesIO(data)))
+    found = [w for w in memory.warnings if w.structure == "memory key"]
+    assert len(found) == 1
+    assert "RamMemoryBlockBackingBitmap0" in found[0].message
+    assert "RamMemoryBlockPageCountValid0" in found[0].message
+    # Reading is unchanged (their meaning is not known well enough to apply).
+    assert memory.read_physical(0, 4096) == RANGES[0][1][:4096]

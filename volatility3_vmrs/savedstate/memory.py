@@ -93,6 +93,7 @@ KIND_NAMES = {KIND_RAW: "raw", KIND_FILL: "fill", KIND_XPRESS: "xpress"}
 
 _RAM_MEMORY_BLOCK_NAME = re.compile(r"RamMemoryBlock(\d+)\Z")
 _RAM_BLOCK_NAME = re.compile(r"RamBlock(\d+)\Z")
+_MEMORY_KEY_PREFIXES = ("RamMemoryBlock", "RamBlock", "RamIndexStart", "RamVtlInfo")
 
 DEFAULT_CACHE_LIMIT_BLOCKS = 64
 # Page streams of compressed blocks kept after indexing (each at most 1 MiB).
@@ -339,19 +340,35 @@ class GuestMemory:
             )
         ranges: Dict[int, Key] = {}
         blocks: Dict[int, Key] = {}
+        unknown: List[str] = []
         for key in self.storage.get(SAVEDSTATE).children:
+            known = False
             for pattern, found in ((_RAM_MEMORY_BLOCK_NAME, ranges), (_RAM_BLOCK_NAME, blocks)):
                 match = pattern.match(key.name)
                 if match:
                     # Numbers come from the names: keys are stored in text order,
                     # RamBlock10 before RamBlock2.
                     found[int(match.group(1))] = key
+                    known = True
+            if not known and key.name.startswith(_MEMORY_KEY_PREFIXES) and not key.is_node:
+                unknown.append(key.name)
             # Older files (UNVERIFIED): RamMemoryBlock/<n> and RamBlock/<n> as nodes.
             if key.is_node and key.name in ("RamMemoryBlock", "RamBlock"):
                 target = ranges if key.name == "RamMemoryBlock" else blocks
                 for child in key.children:
                     if child.name.isdigit():
                         target[int(child.name)] = child
+        if unknown:
+            # Microsoft's reader knows more memory keys (page-count-valid, backing and
+            # fault-cluster bitmaps, §10.1) whose effect on reading is UNVERIFIED: say that
+            # they were present and not applied, so no one takes every page for data.
+            shown = ", ".join(sorted(unknown)[:6]) + (" ..." if len(unknown) > 6 else "")
+            self._warn(
+                "memory",
+                "memory key",
+                f"{len(unknown)} memory key(s) not interpreted: {shown}",
+                SAVEDSTATE,
+            )
         return ranges, blocks
 
     def _load(self) -> None:
