@@ -58,7 +58,7 @@ class Seed:
 
 
 def samples_dir() -> Path:
-    return Path(os.environ.get("VMRS_SAMPLES", REPO_ROOT.parent / "shared" / "samples"))
+    return Path(os.environ.get("VMRS_SAMPLES", REPO_ROOT / "tests" / "data" / "samples"))
 
 
 # --- hot ranges ----------------------------------------------------------------------------

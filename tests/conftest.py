@@ -1,4 +1,4 @@
-"""Shared fixtures: where the real Hyper-V samples live."""
+"""Shared fixtures: the real Hyper-V samples (committed in tests/data), the Linux guest."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_NAMES = ("dissect-test.VMRS", "dissect-test.vmcx", "openvmm-88D07DD7.VMRS")
 
 
+DATA_DIR = REPO_ROOT / "tests" / "data"
+
+
 def samples_dir() -> Path:
-    """``$VMRS_SAMPLES`` or ``../shared/samples`` beside the checkout."""
-    return Path(os.environ.get("VMRS_SAMPLES", REPO_ROOT.parent / "shared" / "samples"))
+    """``$VMRS_SAMPLES`` or the copies committed in ``tests/data/samples``."""
+    return Path(os.environ.get("VMRS_SAMPLES", DATA_DIR / "samples"))
 
 
 @pytest.fixture(scope="session")
