@@ -35,6 +35,7 @@ from tests.support.container_writer import Blob, ContainerWriter  # noqa: E402
 from tests.support.partition_writer import simple_partition  # noqa: E402
 from tests.support.savedstate_writer import encode_block  # noqa: E402
 from volatility3_vmrs.savedstate import memory as M  # noqa: E402
+from volatility3_vmrs.savedstate import memory_map as MM  # noqa: E402
 
 MIB = 1 << 20
 POOL_BLOCKS = 16
@@ -112,7 +113,7 @@ def write_files(
         writer.set("/savedstate/savedVM/partition_state", blob, file_object=True)
         mbp = 0
         for number, (gpa, size) in enumerate(layout(ram)):
-            record = M.RAM_MEMORY_BLOCK.pack(
+            record = MM.RAM_MEMORY_BLOCK.pack(
                 saved_state_version=3,
                 flags=0,
                 page_count=size // 4096,

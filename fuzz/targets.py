@@ -24,9 +24,13 @@ from typing import Any, Callable, Dict, Optional, Tuple, Type
 
 from volatility3_vmrs.savedstate import memory as M
 from volatility3_vmrs.savedstate import xpress
+from volatility3_vmrs.savedstate.diagnostics import Diagnostics
 from volatility3_vmrs.savedstate.errors import VmrsError
+from volatility3_vmrs.savedstate.memory import PageReader
+from volatility3_vmrs.savedstate.memory_map import BlockLocation, MemoryMap, MemoryRange
 from volatility3_vmrs.savedstate.processors import PartitionState, RegisterSet
 from volatility3_vmrs.savedstate.provider import SavedStateDump
+from volatility3_vmrs.savedstate.source import ReadOnlySource
 from volatility3_vmrs.savedstate.storage import HyperVStorage
 from volatility3_vmrs.savedstate.types import REGISTER_ID, REGISTER_ID_X64, REGISTER_ID_X86
 
@@ -83,7 +87,7 @@ def container_target(data: bytes) -> None:
         attempt(lambda key=key: key.read(max(0, key.size - 16)))
     attempt(lambda: storage.as_dict(arrays=True))
     attempt(lambda: storage.keys())
-    for warning in storage.warnings:
+    for warning in storage.diagnostics.items:
         str(warning)
     _ = storage.replay_log.status, storage.header.format_version_text
 
@@ -91,71 +95,31 @@ def container_target(data: bytes) -> None:
 # --- (b) page-record streams and XPRESS ------------------------------------------------
 # Input: one mode byte, then the payload.
 #   mode even: payload is a RamBlock value (page-record stream, or raw when 1 MiB) fed
-#              through index_page_stream and GuestMemory, every page decoded;
+#              through index_page_stream and the PageReader, every page decoded;
 #   mode odd:  3 bytes of output size, then an XPRESS stream, decoded by every backend.
 STREAM_MODE_PAGES = 0
 STREAM_MODE_XPRESS = 1
 
-_RAM_MEMORY_BLOCK0 = M.RAM_MEMORY_BLOCK.pack(
-    saved_state_version=3,
-    flags=0,
-    page_count=M.PAGES_PER_BLOCK,
-    mbp_index_start=0,
-    gpa_index_start=0,
-    virtual_node=0,
-    ksr_block_id=0,
-)
 
-
-class _StreamKey:
-    """The few Key members GuestMemory uses, over bytes held in memory."""
-
-    def __init__(self, name: str, value: bytes) -> None:
-        self.name = name
-        self.path = f"{M.SAVEDSTATE}/{name}"
-        self.type = M.KeyType.ARRAY
-        self.is_node = False
-        self.children: list = []
-        self._value = value
-        self.size = len(value)
-
-    def read(self, offset: int = 0, size: Optional[int] = None) -> bytes:
-        if offset < 0 or offset > self.size:
-            raise ValueError(f"offset {offset:#x} outside the value")
-        if size is None or offset + size > self.size:
-            size = self.size - offset
-        return self._value[offset : offset + size]
-
-
-class _StreamStorage:
-    """A /savedstate holding RamMemoryBlock0 (256 pages) and RamBlock0 = the input.
+def _stream_reader(block: bytes) -> PageReader:
+    """One 256-page range backed by RamBlock0 = the input, read through the page reader.
 
     Building a real container per input would spend the time in the writer; the
     container itself is fuzzed by the ``container`` target.
     """
-
-    strict = False
-
-    def __init__(self, block: bytes) -> None:
-        self._savedstate = _StreamKey("savedstate", b"")
-        self._savedstate.is_node = True
-        self._savedstate.children = [
-            _StreamKey("RamMemoryBlock0", _RAM_MEMORY_BLOCK0),
-            _StreamKey("RamBlock0", block),
-        ]
-
-    def __contains__(self, path: str) -> bool:
-        return path == M.SAVEDSTATE
-
-    def get(self, path: str) -> _StreamKey:
-        assert path == M.SAVEDSTATE
-        return self._savedstate
+    memory_map = MemoryMap(
+        ranges=(MemoryRange(0, "/savedstate/RamMemoryBlock0", 0, M.PAGES_PER_BLOCK, 0),),
+        blocks={0: BlockLocation(0, "/savedstate/RamBlock0", 0, len(block))},
+    )
+    return PageReader(
+        memory_map, ReadOnlySource(io.BytesIO(block)), Diagnostics(), cache_limit_blocks=1
+    )
 
 
 @register(
     "stream",
     corpus="stream",
-    doc="RamBlock page-record streams through GuestMemory, and XPRESS on every backend",
+    doc="RamBlock page-record streams through the PageReader, and XPRESS on every backend",
 )
 def stream_target(data: bytes) -> None:
     if not data:
@@ -170,7 +134,7 @@ def stream_target(data: bytes) -> None:
 def _page_stream(value: bytes) -> None:
     if len(value) < M.BLOCK_SIZE:
         attempt(lambda: M.index_page_stream(value, "/savedstate/RamBlock0"))
-    memory = M.GuestMemory(_StreamStorage(value), cache_limit_blocks=1)  # type: ignore[arg-type]
+    memory = _stream_reader(value)
     for page in range(M.PAGES_PER_BLOCK):
         attempt(lambda page=page: memory.read_physical(page * M.PAGE_SIZE, M.PAGE_SIZE))
     # Unaligned reads across page and record boundaries.
@@ -257,7 +221,7 @@ def partition_target(data: bytes) -> None:
             if regs is not None:
                 exercise_registers(regs, by_id=by_id)
                 by_id = False
-    for warning in state.warnings:
+    for warning in state.diagnostics:
         str(warning)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import pickle
 import random
@@ -151,12 +152,16 @@ def test_per_vp_layer(tmp_path):
     assert context.layers[name].read(self_map_va, 8) == guest.builder.read(guest.dtb, 8)
 
 
-def test_config_only_file_is_reported_clearly(sample_paths, caplog):
+def test_config_only_file_stacks_an_empty_layer_and_says_so(sample_paths, caplog):
     with caplog.at_level(logging.INFO):
-        _, names = stack(sample_paths["openvmm-88D07DD7.VMRS"])
-    assert names == ["FileLayer"]
-    messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert any("no /savedstate/savedVM/partition_state" in m for m in messages), messages
+        context, names = stack(sample_paths["openvmm-88D07DD7.VMRS"])
+    assert names == ["VmrsLayer", "FileLayer"]
+    layer = context.layers[names[0]]
+    assert not layer.is_valid(0) and layer.metadata["os"] == "Unknown"
+    with pytest.raises(exceptions.InvalidAddressException, match="holds no guest memory"):
+        layer.read(0, 1)
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("holds no guest memory or processor state" in m for m in messages), messages
 
 
 def test_other_files_are_declined_silently_and_others_still_stack(tmp_path, caplog):
@@ -260,15 +265,17 @@ def test_save_config_round_trip(banner_file, vol_cache, tmp_path):
     assert first.stdout == second.stdout and "Linux 6.1.0" in first.stdout
 
 
-def test_config_only_file_gives_one_clear_line(sample_paths, vol_cache):
-    proc = run_vol(
-        ["-f", str(sample_paths["openvmm-88D07DD7.VMRS"]), "vmrs.info.Info"],
-        cache=vol_cache,
-        check=False,
-    )
+def test_config_only_file_info_works_and_memory_plugins_say_why(sample_paths, vol_cache):
+    sample = str(sample_paths["openvmm-88D07DD7.VMRS"])
+    info = run_vol(["-r", "json", "-f", sample, "vmrs.info.Info"], cache=vol_cache)
+    rows = json.loads(info.stdout[info.stdout.index("[") :])
+    assert {"Field": "Guest memory", "Value": "none in this file"} in [
+        {k: v for k, v in row.items() if k != "__children"} for row in rows
+    ]
+    proc = run_vol(["-f", sample, "windows.pslist"], cache=vol_cache, check=False)
     assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr
-    assert "no /savedstate/savedVM/partition_state" in proc.stderr
+    assert "Traceback" not in proc.stderr and "faulty layer" not in proc.stderr
+    assert "holds no guest memory or processor state" in proc.stderr
 
 
 def test_readme_example_script(banner_file):

@@ -17,7 +17,8 @@ from typing import Any, Dict, List
 import pytest
 
 from volatility3_vmrs.savedstate import errors
-from volatility3_vmrs.savedstate.errors import IntegrityWarning, VmrsError
+from volatility3_vmrs.savedstate.diagnostics import Diagnostic, exception_for
+from volatility3_vmrs.savedstate.errors import VmrsError
 from volatility3_vmrs.savedstate.provider import SavedStateDump
 
 CORPUS = Path(__file__).resolve().parent / "malformed"
@@ -28,7 +29,7 @@ def _load(case: Dict[str, Any]) -> bytes:
     return gzip.decompress((CORPUS / case["file"]).read_bytes())
 
 
-def _matches(warning: IntegrityWarning, wanted: Dict[str, str]) -> bool:
+def _matches(warning: Diagnostic, wanted: Dict[str, str]) -> bool:
     return (
         warning.kind == wanted["kind"]
         and warning.structure == wanted["structure"]
@@ -72,9 +73,21 @@ def test_case(case: Dict[str, Any]):
 
 
 @pytest.mark.parametrize("case", MANIFEST, ids=[case["file"] for case in MANIFEST])
-def test_case_strict_mode_never_escapes_the_family(case: Dict[str, Any]):
-    """strict=True turns container warnings into errors: still only VmrsError subclasses."""
-    try:
-        SavedStateDump(io.BytesIO(_load(case)), strict=True).close()
-    except VmrsError:
-        pass
+def test_case_strict_mode_raises_on_the_first_problem(case: Dict[str, Any]):
+    """strict=True raises on the first warning or error, as that kind's exception; a file
+    whose only findings are notes opens in strict mode too."""
+    data = _load(case)
+    if case["outcome"] == "error":
+        with pytest.raises(VmrsError):
+            SavedStateDump(io.BytesIO(data), strict=True)
+        return
+    with SavedStateDump(io.BytesIO(data)) as lenient:
+        problems = lenient.diagnostics.problems
+    if not problems:
+        SavedStateDump(io.BytesIO(data), strict=True).close()
+        return
+    with pytest.raises(VmrsError) as caught:
+        SavedStateDump(io.BytesIO(data), strict=True)
+    first = problems[0]
+    assert isinstance(caught.value, exception_for(first.kind)), (first, caught.value)
+    assert first.message in str(caught.value)

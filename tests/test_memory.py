@@ -10,6 +10,7 @@ import pytest
 
 from tests.support.savedstate_writer import SavedStateWriter, encode_block
 from volatility3_vmrs.savedstate import memory as M
+from volatility3_vmrs.savedstate import memory_map as MM
 from volatility3_vmrs.savedstate.errors import (
     GuestMemoryFormatError,
     GuestMemoryNotFoundError,
@@ -17,7 +18,7 @@ from volatility3_vmrs.savedstate.errors import (
     UnsupportedVersionError,
     VmrsError,
 )
-from volatility3_vmrs.savedstate.memory import GuestMemory, index_page_stream
+from volatility3_vmrs.savedstate.memory import index_page_stream, open_guest_memory
 from volatility3_vmrs.savedstate.storage import HyperVStorage
 
 PAGE = 4096
@@ -48,7 +49,7 @@ RANGES = [(0, make_range(1, 300)), (0x200000, make_range(2, 130)), (HIGH, make_r
 
 def build(**options):
     data, info = SavedStateWriter(RANGES, None, **options).build()
-    return GuestMemory(HyperVStorage(io.BytesIO(data))), info
+    return open_guest_memory(HyperVStorage(io.BytesIO(data))), info
 
 
 VARIANTS = [
@@ -67,7 +68,7 @@ def variant(request):
 
 def test_every_page_comes_back(variant):
     memory, _, options = variant
-    assert memory.warnings == []
+    assert memory.diagnostics.items == ()
     for gpa, data in RANGES:
         assert memory.read_physical(gpa, len(data)) == data
         # Unaligned reads crossing page and block boundaries.
@@ -90,11 +91,11 @@ def test_chunks_and_raw_offsets(variant):
     for written, memory_range in zip(info.ranges, memory.ranges):
         assert memory_range.mbp_start == written.mbp_start
         gpa = written.gpa + 5 * PAGE + 17
-        assert memory.gpa_to_raw_offset(gpa) == (written.mbp_start + 5) * PAGE + 17
+        assert memory.map.gpa_to_raw_offset(gpa) == (written.mbp_start + 5) * PAGE + 17
         assert memory.read_raw((written.mbp_start + 5) * PAGE + 17, 10) == memory.read_physical(
             gpa, 10
         )
-    assert memory.raw_size == (info.ranges[-1].mbp_start + info.ranges[-1].pages) * PAGE
+    assert memory.map.raw_size == (info.ranges[-1].mbp_start + info.ranges[-1].pages) * PAGE
 
 
 def test_page_kind_counts_match_the_writer(variant):
@@ -116,14 +117,16 @@ def test_holes_fail_or_pad(variant):
     assert data[8:] == bytes(8) and data[:8] == RANGES[0][1][-8:]
     assert missing == [(hole, 8)]
     assert memory.read_physical(hole - 8, 16, pad=True) == data
-    assert not memory.is_mapped(hole) and memory.is_mapped(hole - 1)
+    assert not memory.map.is_mapped(hole) and memory.map.is_mapped(hole - 1)
     with pytest.raises(MemoryReadError):
-        memory.gpa_to_raw_offset(HIGH - PAGE)
+        memory.map.gpa_to_raw_offset(HIGH - PAGE)
 
 
 def test_missing_ramblock_is_reported_and_unreadable():
     memory, _ = build(layout="openvmm", compression="raw", drop_blocks=[1])
-    assert any("missing" in w.message and "RamBlock" in w.structure for w in memory.warnings)
+    assert any(
+        "missing" in w.message and "RamBlock" in w.structure for w in memory.diagnostics.items
+    )
     with pytest.raises(MemoryReadError, match="RamBlock1") as caught:
         memory.read_physical(0x100000, 16)
     assert caught.value.block == "/savedstate/RamBlock1"
@@ -158,7 +161,7 @@ def test_stream_with_every_record_kind_decodes():
     # Extended records produce half pages.
     assert PAGE // 2 in set(index.out_length)
     data, _ = SavedStateWriter([(0, block)], None, block_values={0: stream}).build()
-    memory = GuestMemory(HyperVStorage(io.BytesIO(data)))
+    memory = open_guest_memory(HyperVStorage(io.BytesIO(data)))
     assert memory.read_physical(0, M.BLOCK_SIZE) == block
 
 
@@ -193,7 +196,7 @@ def test_bad_stream_makes_only_its_block_unreadable():
     stream, _ = encode_block(good)
     bad = stream[:-400]  # cut off before 1 MiB of output
     data, _ = SavedStateWriter([(0, good + good)], None, block_values={1: bad}).build()
-    memory = GuestMemory(HyperVStorage(io.BytesIO(data)))
+    memory = open_guest_memory(HyperVStorage(io.BytesIO(data)))
     assert memory.read_physical(0, 16) == good[:16]
     with pytest.raises(MemoryReadError, match="RamBlock1 cannot be decoded") as caught:
         memory.read_physical(0x100000, 16)
@@ -210,7 +213,7 @@ def test_xpress_page_that_fails_to_decode_names_the_block():
     start, length = index.source[record], index.data_length[record]
     broken = stream[:start] + b"\xff" * length + stream[start + length :]
     data, _ = SavedStateWriter([(0, block)], None, block_values={0: broken}).build()
-    memory = GuestMemory(HyperVStorage(io.BytesIO(data)))
+    memory = open_guest_memory(HyperVStorage(io.BytesIO(data)))
     with pytest.raises(MemoryReadError, match=r"RamBlock0.*XPRESS") as caught:
         memory.read_physical(first_xpress * PAGE, PAGE)
     assert caught.value.block == "/savedstate/RamBlock0"
@@ -231,11 +234,11 @@ def memory_with(records: dict, blocks: int = 1):
         writer.set(f"/savedstate/{name}", value, file_object=False)
     for number in range(blocks):
         writer.set(f"/savedstate/RamBlock{number}", bytes(M.BLOCK_SIZE))
-    return GuestMemory(HyperVStorage(io.BytesIO(writer.build())))
+    return open_guest_memory(HyperVStorage(io.BytesIO(writer.build())))
 
 
 def record(pages=16, mbp=0, gpa=0, version=3, flags=0, size=48):
-    return M.RAM_MEMORY_BLOCK.pack(
+    return MM.RAM_MEMORY_BLOCK.pack(
         saved_state_version=version,
         flags=flags,
         page_count=pages,
@@ -249,7 +252,7 @@ def record(pages=16, mbp=0, gpa=0, version=3, flags=0, size=48):
 def test_zero_page_range_is_ignored_with_a_warning():
     memory = memory_with({"RamMemoryBlock0": record(), "RamMemoryBlock1": record(pages=0, gpa=99)})
     assert len(memory.ranges) == 1
-    assert any("zero pages" in w.message for w in memory.warnings)
+    assert any("zero pages" in w.message for w in memory.diagnostics.items)
 
 
 def test_overlapping_ranges_are_clipped_and_reported():
@@ -263,7 +266,7 @@ def test_overlapping_ranges_are_clipped_and_reported():
         (0, 16, 0),
         (16, 8, 24),
     ]
-    assert any("overlap" in w.message for w in memory.warnings)
+    assert any("overlap" in w.message for w in memory.diagnostics.items)
 
 
 @pytest.mark.parametrize(
@@ -288,15 +291,15 @@ def test_no_memory_at_all():
     writer = ContainerWriter("openvmm")
     writer.set("/configuration/properties/version", 0x0A00)
     with pytest.raises(GuestMemoryNotFoundError, match="no /savedstate"):
-        GuestMemory(HyperVStorage(io.BytesIO(writer.build())))
+        open_guest_memory(HyperVStorage(io.BytesIO(writer.build())))
     writer.set("/savedstate/VmVersion", 0x0A00)
     with pytest.raises(GuestMemoryNotFoundError, match="RamMemoryBlock"):
-        GuestMemory(HyperVStorage(io.BytesIO(writer.build())))
+        open_guest_memory(HyperVStorage(io.BytesIO(writer.build())))
 
 
 def test_absurd_range_over_few_blocks_reads_fail_cleanly():
     memory = memory_with({"RamMemoryBlock0": record(pages=1 << 30)})
-    assert any("missing" in w.message for w in memory.warnings)
+    assert any("missing" in w.message for w in memory.diagnostics.items)
     assert memory.read_physical(0, 16) == bytes(16)
     with pytest.raises(VmrsError):
         memory.read_physical((1 << 30) * PAGE - 16, 16)
@@ -313,8 +316,8 @@ def test_memory_keys_the_reader_does_not_apply_are_reported():
             "/savedstate/RamMemoryBlockBackingBitmap0": b"\xff" * 40,
         },
     ).build()
-    memory = GuestMemory(Storage(io.BytesIO(data)))
-    found = [w for w in memory.warnings if w.structure == "memory key"]
+    memory = open_guest_memory(Storage(io.BytesIO(data)))
+    found = [w for w in memory.diagnostics.items if w.structure == "memory key"]
     assert len(found) == 1
     assert "RamMemoryBlockBackingBitmap0" in found[0].message
     assert "RamMemoryBlockPageCountValid0" in found[0].message

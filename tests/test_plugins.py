@@ -32,7 +32,7 @@ from tests.support.partition_writer import (
 )
 from tests.support.plugin_runner import run_vol
 from tests.support.savedstate_writer import SavedStateWriter
-from volatility3_vmrs.savedstate.memory import GuestMemory
+from volatility3_vmrs.savedstate.memory import PageReader
 from volatility3_vmrs.savedstate.provider import SavedStateDump
 from volatility3_vmrs.savedstate.types import (
     PAGING_MODE,
@@ -315,7 +315,7 @@ def test_memmap_missing_blocks_and_quick(files, cache):
     guest = windows_guest(PAGING_MODE.Paging_Long, seed=4, drop_blocks=[2])
     path = files("memmap-dropped.vmrs", guest.data)
     rows = run_vol(cache, path, "vmrs.memmap").json_rows()
-    assert rows[0]["RamBlocks"] == "0-3 (absent: 2)"
+    assert rows[0]["RamBlocks"] == "0-3 (1 absent: 2)"
     assert rows[0]["Missing"] == 256 and rows[0]["Raw"] == 1024 - 256
     quick = run_vol(cache, path, "vmrs.memmap", "--quick").json_rows()
     assert [r["Raw"] for r in quick] == [None, None]
@@ -326,7 +326,7 @@ def test_memmap_counts_lazily_with_progress(long_guest, files):
     memmap = importlib.import_module("volatility3.plugins.vmrs.memmap")
     path = files("lazy.vmrs", long_guest.data)
     with SavedStateDump(path) as dump:
-        memory: GuestMemory = dump.memory
+        memory: PageReader = dump.memory
         compressed = [b for b in memory.blocks.values() if not b.is_raw]
         assert compressed and all(b._index is None for b in compressed)
         calls: List[Tuple[float, str]] = []

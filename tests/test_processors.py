@@ -20,6 +20,7 @@ from tests.support.partition_writer import (
     random_registers,
     simple_partition,
 )
+from volatility3_vmrs.savedstate import paths
 from volatility3_vmrs.savedstate.errors import (
     InvalidArgumentError,
     InvalidVpStateError,
@@ -29,7 +30,6 @@ from volatility3_vmrs.savedstate.errors import (
     VpVtlNotEnabledError,
 )
 from volatility3_vmrs.savedstate.processors import (
-    KEY_PATH,
     ChunkId,
     HvProcessorVendor,
     PartitionState,
@@ -105,7 +105,7 @@ def expected_current(name: str, regs: dict) -> bytes:
 def test_every_register_of_every_vp_and_vtl_round_trips():
     desc, blob = simple_partition(3, seed=7, vtls=(0, 1), os_id=0x0001040A00004A65)
     ps = PartitionState.parse(blob)
-    assert ps.warnings == []
+    assert ps.diagnostics == []
     assert sorted(ps.vps) == [0, 1, 2]
     checked = 0
     for vp_desc in desc.vps:
@@ -356,8 +356,8 @@ def test_unknown_chunks_are_skipped_and_recorded():
     desc.extra_chunks = [(0x2ABCD000, b"\x01" * 13)]
     desc.vps[0].extra_chunks = [(0x3ABCD000, b"")]
     ps = PartitionState.parse(build_partition_state(desc))
-    kinds = [(w.kind, w.key_path) for w in ps.warnings]
-    assert kinds == [("unknown-chunk", KEY_PATH)] * 2
+    kinds = [(w.detail, w.key_path) for w in ps.diagnostics]
+    assert kinds == [("unknown-chunk", paths.PARTITION_STATE)] * 2
     assert [c.chunk_id for c in ps.unknown_chunks] == [0x2ABCD000, 0x3ABCD000]
     assert ps.vps[0].registers.rax == desc.vps[0].vtls[0].registers["rax"]
 
@@ -366,7 +366,7 @@ def test_known_undecoded_chunks_are_kept_without_warning():
     desc, _ = simple_partition(1)
     desc.vps[0].extra_chunks = [(ChunkId.SYNIC_MSRS, bytes(160))]
     ps = PartitionState.parse(build_partition_state(desc))
-    assert ps.warnings == []
+    assert ps.diagnostics == []
     assert ps.vps[0].other_chunks[0].name == "SYNIC_MSRS"
 
 
@@ -376,7 +376,7 @@ def test_short_register_chunk_is_a_warning_and_marks_the_set_incomplete():
     ps = PartitionState.parse(
         build_partition_state(PartitionDescription(vps=[VpDescription(0, {0: vtl})]))
     )
-    assert [w.kind for w in ps.warnings] == ["short-chunk"]
+    assert [w.detail for w in ps.diagnostics] == ["short-chunk"]
     rs = ps.vps[0].registers
     assert "control" in rs.incomplete
     assert rs.rax == regs["rax"]
@@ -401,17 +401,17 @@ def test_missing_epilog_and_truncated_total_size_are_warnings():
     desc, _ = simple_partition(1)
     desc.epilog = False
     ps = PartitionState.parse(build_partition_state(desc))
-    assert [w.kind for w in ps.warnings] == ["missing-epilog"]
+    assert [w.detail for w in ps.diagnostics] == ["missing-epilog"]
     stream = build_stream(simple_partition(1)[0])
     blob = envelope(stream, total_size=len(stream) + 40 + 100)
     ps = PartitionState.parse(blob)
-    assert [w.kind for w in ps.warnings] == ["truncated"]
+    assert [w.detail for w in ps.diagnostics] == ["truncated"]
 
 
 def test_total_size_shorter_than_blob_stops_the_stream():
     stream = build_stream(simple_partition(1)[0])
     blob = envelope(stream) + b"\xff" * 50  # garbage after total_size is never read
-    assert PartitionState.parse(blob).warnings == []
+    assert PartitionState.parse(blob).diagnostics == []
 
 
 def test_header_size_is_honoured():
@@ -424,7 +424,7 @@ def test_header_size_is_honoured():
 def _assert_partition_error(blob, offset=None):
     with pytest.raises(PartitionStateError) as info:
         PartitionState.parse(blob)
-    assert info.value.key_path == KEY_PATH
+    assert info.value.key_path == paths.PARTITION_STATE
     if offset is not None:
         assert info.value.offset == offset
     return info.value
@@ -499,7 +499,7 @@ def test_duplicate_and_orphan_chunks_warn():
     vp_at = stream.index(struct.pack("<II", ChunkId.VP, 16))
     stream = stream[:vp_at] + gp + stream[vp_at:-16] + gp + epilog
     ps = PartitionState.parse(envelope(stream))
-    assert sorted(w.kind for w in ps.warnings) == ["duplicate-chunk", "orphan-chunk"]
+    assert sorted(w.detail for w in ps.diagnostics) == ["duplicate-chunk", "orphan-chunk"]
     assert ps.vps[0].registers.rax == 0  # the later chunk wins
 
 
@@ -510,7 +510,7 @@ def test_vp_indices_disagreement_warns():
     at = blob.index(struct.pack("<II", ChunkId.VP_INDICES, 12))
     blob[at + 20] = 0b0000_0011  # claims VPs 0 and 1
     ps = PartitionState.parse(bytes(blob))
-    assert [w.kind for w in ps.warnings] == ["vp-indices"]
+    assert [w.detail for w in ps.diagnostics] == ["vp-indices"]
 
 
 # --- hostile input: nothing but VmrsError may escape ------------------------------------

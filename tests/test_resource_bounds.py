@@ -115,7 +115,7 @@ def test_opening_a_large_file_costs_little_memory():
 def test_file_object_claiming_4_gib_does_not_allocate():
     data = C.patch_file_pointer(C.base_saved_state(), C.PARTITION_STATE, value_length=0xFFFFFFFF)
     storage = HyperVStorage(io.BytesIO(data))
-    assert any(w.kind == "truncated" for w in storage.warnings)
+    assert any(w.kind == "truncated" for w in storage.diagnostics.items)
     key = storage.get(C.PARTITION_STATE)
     assert key.size == 0xFFFFFFFF
     raises_within(TruncatedError, key.read)
@@ -161,7 +161,7 @@ def test_range_of_2_40_pages_is_not_walked_per_page_or_block():
     # RamBlock1 backs the first 256 pages of the range; the rest is missing.
     assert counts["missing"] == huge.page_count - 256
     assert sum(counts.values()) == huge.page_count
-    assert len(dump.memory.blocks_of(huge)) == huge.last_block - huge.first_block + 1
+    assert len(dump.memory.map.block_span(huge)) == huge.last_block - huge.first_block + 1
     # The pages that exist still read, and the ones that do not raise (not zeros).
     assert len(dump.read_physical(huge.gpa_start, 0x1000)) == 0x1000
     with pytest.raises(MemoryReadError, match="RamBlock2"):
@@ -202,7 +202,7 @@ def test_partition_total_size_claiming_2_64_is_clipped_to_the_blob():
     struct.pack_into("<Q", image, 16, (1 << 64) - 1)
     state, peak, _ = measured(lambda: PartitionState.parse(bytes(image)))
     assert state.vp_count == 1 and peak < 2 * MIB
-    assert any(w.kind == "truncated" for w in state.warnings)
+    assert any(w.detail == "truncated" for w in state.diagnostics)
 
 
 # --- container tables --------------------------------------------------------------------------
@@ -213,7 +213,7 @@ def test_object_table_count_ffffffff_reads_one_table():
     storage, peak, elapsed = measured(lambda: HyperVStorage(source))
     assert elapsed < 1.0 and peak < 2 * MIB, (elapsed, peak)
     assert source.bytes_read < 64 * 1024, source.bytes_read
-    assert any("more than the 227 slots" in w.message for w in storage.warnings)
+    assert any("more than the 227 slots" in w.message for w in storage.diagnostics.items)
     assert "/savedstate/VmVersion" in storage
 
 
@@ -234,7 +234,7 @@ def test_many_slots_naming_one_key_table_read_it_once():
         )
     source = CountingFile(data)
     storage = HyperVStorage(source)
-    skipped = [w for w in storage.warnings if "overlaps a key table" in w.message]
+    skipped = [w for w in storage.diagnostics.items if "overlaps a key table" in w.message]
     assert len(skipped) == capacity - 1 - used - 4
     assert source.bytes_read < len(data) // 2, (source.bytes_read, len(data))
 
@@ -251,7 +251,7 @@ def test_deep_key_chain_is_cut_and_costs_little():
     assert peak < 8 * MIB, f"{peak / MIB:.1f} MiB"
     deepest = max(key.path.count("/") for key in storage.walk())
     assert deepest == MAX_KEY_DEPTH
-    assert any("nested deeper than" in w.message for w in storage.warnings)
+    assert any("nested deeper than" in w.message for w in storage.diagnostics.items)
     storage.as_dict()  # no RecursionError
     assert isinstance(storage.get("/n").value, dict)  # a node value: its subtree
 
@@ -271,15 +271,15 @@ def test_thousands_of_memory_ranges_are_arranged_in_near_linear_time():
     writer.set(f"/savedstate/RamMemoryBlock{count}", block(2 * count, count, 0), file_object=False)
     storage = HyperVStorage(io.BytesIO(writer.build()))
     started = time.perf_counter()
-    memory = M.GuestMemory(storage)
+    memory = M.open_guest_memory(storage)
     elapsed = time.perf_counter() - started
     assert elapsed < 1.5, f"{elapsed:.2f} s"  # ~6 s when each range scanned all earlier ones
     assert len(memory.ranges) == 2 * count
-    assert memory.total_pages == 2 * count
-    overlap = [w for w in memory.warnings if "overlap an earlier range" in w.message]
+    assert memory.map.total_pages == 2 * count
+    overlap = [w for w in memory.diagnostics.items if "overlap an earlier range" in w.message]
     assert len(overlap) == 1 and f"({count} runs" in overlap[0].message
-    assert memory.range_of(1 << 12).number == count  # page 1: a gap the big range fills
-    assert memory.range_of(2 << 12).number == 1
+    assert memory.map.range_of(1 << 12).number == count  # page 1: a gap the big range fills
+    assert memory.map.range_of(2 << 12).number == 1
 
 
 def test_a_1_mib_extended_xpress_record_is_decoded_once_per_block(monkeypatch):
@@ -336,6 +336,6 @@ def test_a_huge_vp_indices_bitmap_is_counted_without_a_bit_string():
     image = blob[:head] + huge + blob[head + 16 + length :]
     image = image[:16] + struct.pack("<Q", len(image)) + image[24:]  # total_size
     state, peak, _ = measured(lambda: PartitionState.parse(image))
-    assert any(w.kind == "vp-indices" for w in state.warnings)
+    assert any(w.detail == "vp-indices" for w in state.diagnostics)
     # The blob and its chunk copies are ~16 MiB each; bin() of the bitmap was 128 MiB.
     assert peak < 72 * MIB, f"{peak / MIB:.0f} MiB"

@@ -40,7 +40,7 @@ def test_real_sample_matches_dissect_with_every_checksum_valid(sample_paths, nam
     path = sample_paths[name]
     with HyperVStorage(path, strict=True) as storage:
         sequence, key_count, log_offset = EXPECTED_SAMPLES[name]
-        assert storage.warnings == []
+        assert storage.diagnostics.items == ()
         assert storage.header.sequence == sequence
         assert storage.header.format_version == 0x0400
         assert storage.header_copies_valid == (True, True)
@@ -103,7 +103,7 @@ def build(flavour: str, **options) -> tuple:
 def test_writer_round_trip(flavour, options):
     writer, data = build(flavour, **options)
     storage = open_bytes(data, strict=True)
-    assert storage.warnings == []
+    assert storage.diagnostics.items == ()
     for path, value in VALUES.items():
         assert storage.value(path) == value, path
         assert type(storage.value(path)) is (int if isinstance(value, UInt) else type(value))
@@ -193,7 +193,7 @@ def test_pending_replay_log_is_applied_in_memory_only(tmp_path):
         assert storage.value("/savedstate/other") == "unchanged"
         assert storage.replay_log.applied_entries == 1
         assert storage.replay_log.status == "applied in memory (1 entries)"
-        assert any(w.kind == "replay-log" for w in storage.warnings)
+        assert any(w.kind == "replay-log" for w in storage.diagnostics.items)
     after = (hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns)
     assert before == after
 

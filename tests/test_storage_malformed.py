@@ -70,7 +70,7 @@ def patch_entry(data: bytes, path: str, *, stored: int, **fields) -> bytes:
 
 def warnings_of(data: bytes, kind: str):
     storage = exercise(data)
-    return [w for w in storage.warnings if w.kind == kind], storage
+    return [w for w in storage.diagnostics.items if w.kind == kind], storage
 
 
 def test_zero_length_file():
@@ -96,7 +96,7 @@ def test_truncation_anywhere(length):
     except VmrsError as error:
         assert "offset" in str(error) or "header" in str(error)
     else:
-        assert storage.warnings, f"truncation at {length:#x} went unnoticed"
+        assert storage.diagnostics.items, f"truncation at {length:#x} went unnoticed"
 
 
 def test_truncated_file_object_is_reported_and_unreadable():
@@ -105,7 +105,7 @@ def test_truncated_file_object_is_reported_and_unreadable():
     # File objects come first (§14): cutting inside one loses every later structure too,
     # and each loss is reported, never silently ignored.
     storage = HyperVStorage(io.BytesIO(data[: key.value_offset + 100]))
-    assert any(w.kind == "truncated" for w in storage.warnings)
+    assert any(w.kind == "truncated" for w in storage.diagnostics.items)
 
 
 def test_file_object_past_end_of_file():

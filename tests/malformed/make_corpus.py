@@ -29,6 +29,7 @@ from tests.support.container_writer import ContainerWriter, ReplayEntry
 from tests.support.partition_writer import simple_partition
 from tests.support.savedstate_writer import SavedStateWriter
 from volatility3_vmrs.savedstate import memory as M
+from volatility3_vmrs.savedstate import memory_map as MM
 from volatility3_vmrs.savedstate import structs as S
 from volatility3_vmrs.savedstate.processors import CHUNK_HEADER, DESCRIPTOR, ChunkId
 from volatility3_vmrs.savedstate.storage import HyperVStorage, KeyType
@@ -181,7 +182,7 @@ def patch_replay_entry(data: bytes, index: int, **fields: int) -> bytes:
 
 
 def ram_memory_block(pages: int, mbp: int, gpa_page: int) -> bytes:
-    return M.RAM_MEMORY_BLOCK.pack(
+    return MM.RAM_MEMORY_BLOCK.pack(
         saved_state_version=3,
         flags=0,
         page_count=pages,
@@ -487,13 +488,13 @@ CASES: List[Case] = [
         "missing-ramblock",
         "RamBlock1, which holds range 1's pages, is absent",
         _missing_ramblock,
-        _warns(("memory", "RamBlock", "RamBlock(s) missing (1)")),
+        _warns(("missing-block", "RamBlock", "RamBlock(s) missing (1)")),
     ),
     (
         "range-of-2-40-pages",
         "RamMemoryBlock1 claims 2**40 - 4096 pages, backed by one RamBlock",
         _range_of_2_40_pages,
-        _warns(("memory", "RamBlock", "RamBlock(s) missing (2, 3, 4")),
+        _warns(("missing-block", "RamBlock", "RamBlock(s) missing (2, 3, 4")),
     ),
     (
         "key-chain-too-deep",

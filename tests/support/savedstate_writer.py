@@ -23,6 +23,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from tests.support.container_writer import ContainerWriter
 from tests.support.xpress_compress import compress as xpress_compress
 from volatility3_vmrs.savedstate import memory as M
+from volatility3_vmrs.savedstate import memory_map as MM
 
 PAGE = M.PAGE_SIZE
 
@@ -180,7 +181,7 @@ class SavedStateWriter:
         image, written = self._mbp_image()
         info.ranges = written
         for number, item in enumerate(written):
-            record = M.RAM_MEMORY_BLOCK.pack(
+            record = MM.RAM_MEMORY_BLOCK.pack(
                 saved_state_version=3,
                 flags=0,
                 page_count=item.pages,

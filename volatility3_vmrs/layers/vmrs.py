@@ -6,11 +6,13 @@ memory ranges are invalid addresses, and reads are served by the reader (raw Ram
 straight from the file, compressed ones page by page through its cache).
 
 :class:`VmrsStacker` runs before every other stacker. It recognises the container by
-the signature and CRC of a header copy, builds the layer, and publishes what the saved
-processor state knows: the guest OS family, the architecture, PAE, and the DTB from a
-virtual processor's CR3 - the last only after the page tables at that address have been
-checked the way volatility3's Windows automagic would check them, because the Windows
-stacker trusts ``page_map_offset`` blindly.
+the signature of a header copy (a damaged header is the reader's to explain), builds the
+layer, and publishes what the saved processor state knows: the guest OS family, the
+architecture, PAE, and the DTB from a virtual processor's CR3 - the last only after the
+page tables at that address have been checked the way volatility3's Windows automagic
+would check them, because the Windows stacker trusts ``page_map_offset`` blindly. A
+container without guest memory (a ``.vmcx``, a running VM's ``.VMRS``) still gets a layer,
+with no readable address, so that the pack's key and configuration plugins can read it.
 
 :func:`vp_layer` builds the virtual (Intel / IntelPAE / Intel32e) layer of any virtual
 processor for the pack's plugins.
@@ -30,13 +32,18 @@ from volatility3.framework.layers import intel, physical
 
 from volatility3_vmrs.savedstate import structs
 from volatility3_vmrs.savedstate.errors import MemoryReadError, VmrsError
+from volatility3_vmrs.savedstate.memory_map import (
+    BLOCK_SIZE,
+    PAGE_SIZE,
+    PHYSICAL_ADDRESS_MASK,
+)
 from volatility3_vmrs.savedstate.provider import SavedStateDump
 from volatility3_vmrs.savedstate.types import PAGING_MODE
 
 vollog = logging.getLogger(__name__)
 
 AUTO_VP = -1
-_LONG_MASK = 0x000F_FFFF_FFFF_F000
+_LONG_MASK = PHYSICAL_ADDRESS_MASK & ~(PAGE_SIZE - 1)
 
 
 class VmrsFormatException(exceptions.LayerException):
@@ -88,22 +95,17 @@ def _local_path(layer: interfaces.layers.DataLayerInterface) -> Optional[str]:
     return urllib.request.url2pathname(parsed.path)
 
 
-def header_signatures(layer: interfaces.layers.DataLayerInterface) -> Tuple[bool, bool]:
-    """(a header copy has the signature, a copy also has a valid CRC): cheap enough to
-    decline any other file at once."""
-    signed = valid = False
+def has_header_signature(layer: interfaces.layers.DataLayerInterface) -> bool:
+    """Whether a header copy carries the HyperVStorage signature: cheap enough to decline
+    any other file at once."""
     for offset in structs.FILE_HEADER_OFFSETS:
         try:
             raw = layer.read(offset, structs.FILE_HEADER.size)
         except exceptions.InvalidAddressException:
             continue
-        fields = structs.FILE_HEADER.unpack(raw)
-        if fields.signature != structs.FILE_HEADER_SIGNATURE:
-            continue
-        signed = True
-        expected = structs.crc32_with_zeroed_field(raw, structs.FILE_HEADER.offset_of("checksum"))
-        valid = valid or expected == fields.checksum
-    return signed, valid
+        if structs.FILE_HEADER.unpack(raw).signature == structs.FILE_HEADER_SIGNATURE:
+            return True
+    return False
 
 
 class VmrsLayer(interfaces.layers.DataLayerInterface):
@@ -122,9 +124,12 @@ class VmrsLayer(interfaces.layers.DataLayerInterface):
         self._base_layer = self.config["base_layer"]
         self._dump_: Optional[SavedStateDump] = None
         dump = self._dump  # open now so a bad file fails at construction
-        ranges = dump.memory.ranges
-        self._minimum_address = ranges[0].gpa_start
-        self._maximum_address = ranges[-1].gpa_end - 1
+        if dump.memory is not None:
+            ranges = dump.memory.map.ranges
+            self._minimum_address = ranges[0].gpa_start
+            self._maximum_address = ranges[-1].gpa_end - 1
+        else:  # a configuration-only container: keys, no memory
+            self._minimum_address = self._maximum_address = 0
         # The layer's own metadata, never the class-level _direct_metadata, which every
         # layer shares.
         self._metadata = dict(self._metadata)
@@ -137,7 +142,7 @@ class VmrsLayer(interfaces.layers.DataLayerInterface):
             base = self.context.layers[self._base_layer]
             source: Any = _local_path(base) or _LayerFile(base)
             try:
-                self._dump_ = SavedStateDump(source)
+                self._dump_ = SavedStateDump(source, require_saved_state=False)
             except VmrsError as error:
                 raise VmrsFormatException(self.name, f"{base.name}: {error}") from error
         return self._dump_
@@ -175,11 +180,18 @@ class VmrsLayer(interfaces.layers.DataLayerInterface):
     def is_valid(self, offset: int, length: int = 1) -> bool:
         if length <= 0:
             raise ValueError("Length must be positive")
-        return all(raw is not None for _, _, raw in self._dump.memory.spans(offset, length))
+        memory = self._dump.memory
+        return memory is not None and memory.is_readable_span(offset, length)
 
     def read(self, offset: int, length: int, pad: bool = False) -> bytes:
+        if self._dump.memory is None:
+            if pad:
+                return bytes(length)
+            raise exceptions.InvalidAddressException(
+                self.name, offset, f"{self.name}: the file holds no guest memory"
+            )
         if pad:
-            return self._dump.memory.read_physical_padded(offset, length)[0]
+            return self._dump.read_physical_padded(offset, length)[0]
         try:
             return self._dump.read_physical(offset, length)
         except MemoryReadError as error:
@@ -189,8 +201,11 @@ class VmrsLayer(interfaces.layers.DataLayerInterface):
         raise exceptions.LayerException(self.name, "saved-state evidence is read-only")
 
     def _scan_iterator(self, scanner: interfaces.layers.ScannerInterface, sections: Any) -> Any:
-        """Like the data-layer iterator, but only over saved memory, never into holes."""
-        ranges = [(r.gpa_start, r.gpa_end) for r in self._dump.memory.ranges]
+        """Like the data-layer iterator, but only over readable saved memory: never into
+        holes or missing RamBlocks."""
+        memory = self._dump.memory
+        runs = memory.map.readable_runs() if memory is not None else ()
+        ranges = [(start, start + length) for start, length in runs]
         for section_start, section_length in sections:
             section_end = section_start + section_length
             for range_start, range_end in ranges:
@@ -206,6 +221,10 @@ class VmrsLayer(interfaces.layers.DataLayerInterface):
     # --- metadata ---------------------------------------------------------------------
     def _describe(self, dump: SavedStateDump) -> Dict[str, Any]:
         metadata: Dict[str, Any] = {}
+        if dump.partition is None:
+            metadata["os"] = "Unknown"
+            self.dtb_note = "no processor state in the file"
+            return metadata
         family = dump.guest_os_info(0).os_family
         metadata["os"] = family if family in ("Windows", "Linux") else "Unknown"
         vp_index = choose_vp(dump, self.config.get("vp", AUTO_VP))
@@ -235,7 +254,7 @@ class VmrsLayer(interfaces.layers.DataLayerInterface):
         if metadata["os"] != "Windows":
             self.dtb_note = f"not published: guest OS is {metadata['os']}, not Windows"
             return metadata
-        problem = check_windows_dtb(dump.memory.read_physical, mode, dtb)
+        problem = check_windows_dtb(dump.read_physical, mode, dtb)
         if problem:
             vollog.info(f"{self.name}: CR3 of VP {vp_index} not used as DTB: {problem}")
             self.dtb_note = f"not published: {problem}"
@@ -336,8 +355,7 @@ class VmrsStacker(interfaces.automagic.StackerLayerInterface):
         base = context.layers[layer_name]
         if isinstance(base, VmrsLayer):
             return None
-        signed, _ = header_signatures(base)
-        if not signed:
+        if not has_header_signature(base):
             return None  # not a HyperVStorage file: decline without a word
         # A signed header whose checksums fail is still a (damaged) .vmrs: opening it
         # below produces the error that says what is wrong and where.
@@ -349,11 +367,48 @@ class VmrsStacker(interfaces.automagic.StackerLayerInterface):
             # Stacker exceptions are only logged at debug level by volatility3: say it here.
             vollog.error(f"Hyper-V saved state not usable: {error}")
             return None
+        dump = layer.dump
+        if not dump.is_saved_state:
+            vollog.warning(
+                f"{base.name}: {describe_content(dump)}; only vmrs.info, vmrs.keys and "
+                "vmrs.config can read it"
+            )
+            return layer
+        damage = describe_damage(dump)
+        if damage:
+            vollog.warning(f"{base.name}: {damage}; run vmrs.info or `vmrs verify` for details")
         vollog.info(
-            f"Stacked {new_name}: {len(layer.dump.memory.ranges)} memory ranges, "
-            f"{layer.dump.vp_count} VPs, os={layer.metadata.get('os')}, DTB {layer.dtb_note}"
+            f"Stacked {new_name}: {len(dump.memory.map.ranges) if dump.memory else 0} ranges, "
+            f"{dump.vp_count if dump.partition else 0} VPs, os={layer.metadata.get('os')}, "
+            f"DTB {layer.dtb_note}"
         )
         return layer
+
+
+def describe_content(dump: SavedStateDump) -> str:
+    """What a file without guest memory is, in words (for the one line vol shows)."""
+    if dump.storage.truncation is not None:
+        return f"the file holds no guest memory: {dump.storage.truncation.describe()}"
+    return (
+        "the file holds no guest memory or processor state: a configuration container "
+        "(a .vmcx, or the .VMRS of a VM that was running, not saved)"
+    )
+
+
+def describe_damage(dump: SavedStateDump) -> str:
+    """One line on what the integrity findings are and how much memory they cost."""
+    problems = dump.diagnostics.problems
+    if not problems:
+        return ""
+    kinds: Dict[str, int] = {}
+    for item in problems:
+        kinds[item.kind.value] = kinds.get(item.kind.value, 0) + 1
+    text = "integrity problems: " + ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+    if dump.memory is not None:
+        missing = sum(entry.count for entry in dump.memory.map.missing.values())
+        if missing:
+            text += f"; {missing} RamBlock(s) missing ({missing * BLOCK_SIZE >> 20} MiB unreadable)"
+    return text
 
 
 def vp_layer(

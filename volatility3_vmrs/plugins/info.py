@@ -7,6 +7,7 @@ from typing import Iterator, List, Tuple
 
 from volatility3.framework import interfaces, renderers
 
+from volatility3_vmrs.savedstate.diagnostics import Kind
 from volatility3_vmrs.savedstate.errors import VmrsError
 
 from .common import find_vmrs_layer, primary_requirement
@@ -41,23 +42,32 @@ class Info(interfaces.plugins.PluginInterface):
         yield "VM configuration version", _version_text(dump.vm_version)
         yield "Saved-state type", dump.saved_state_type or "absent"
         yield "Active header", f"copy at {header.offset:#x}, sequence {header.sequence}"
-        warnings = dump.warnings
-        checksum_failures = sum(1 for w in warnings if w.kind == "checksum")
+        problems = dump.diagnostics.problems
+        checksum_failures = sum(1 for item in problems if item.kind == Kind.CHECKSUM)
         yield "Checksum failures", str(checksum_failures)
         yield "Replay log", storage.replay_log.status
-        yield "Integrity warnings", str(len(warnings))
-        for warning in warnings:
-            yield "Warning", str(warning)
-        ranges = dump.memory.ranges
-        yield "Memory ranges", str(len(ranges))
-        for memory_range in ranges:
-            yield (
-                f"Range {memory_range.number}",
-                f"GPA {memory_range.gpa_start:#x}-{memory_range.gpa_end - 1:#x} "
-                f"({memory_range.page_count} pages)",
-            )
-        total = dump.memory.total_pages * 4096
-        yield "Guest RAM", f"{total} bytes ({total / (1 << 20):.1f} MiB)"
+        yield "Integrity warnings", str(len(problems))
+        for kind, items in dump.diagnostics.grouped().items():
+            for item in items:
+                label = f"{item.severity.name.capitalize()} ({kind.value}, {item.phase.value})"
+                yield label, str(item)
+        if dump.memory is None:
+            yield "Guest memory", "none in this file"
+        else:
+            ranges = dump.memory.map.ranges
+            yield "Memory ranges", str(len(ranges))
+            for memory_range in ranges:
+                yield (
+                    f"Range {memory_range.number}",
+                    f"GPA {memory_range.gpa_start:#x}-{memory_range.gpa_end - 1:#x} "
+                    f"({memory_range.page_count} pages)",
+                )
+            total = dump.memory.map.total_pages * 4096
+            yield "Guest RAM", f"{total} bytes ({total / (1 << 20):.1f} MiB)"
+        if dump.partition is None:
+            yield "Virtual processors", "none: the file holds no processor state"
+            yield "DTB published", layer.dtb_note
+            return
         yield "Virtual processors", str(dump.vp_count)
         for index in dump.vp_indices:
             try:

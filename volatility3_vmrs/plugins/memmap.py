@@ -17,7 +17,8 @@ from volatility3.framework import interfaces, renderers
 from volatility3.framework.configuration import requirements
 from volatility3.framework.renderers import format_hints
 
-from volatility3_vmrs.savedstate.memory import PAGE_SIZE, GuestMemory, MemoryRange
+from volatility3_vmrs.savedstate.memory import PageReader
+from volatility3_vmrs.savedstate.memory_map import PAGE_SIZE, MemoryMap, MemoryRange
 
 from .common import find_vmrs_layer, primary_requirement
 
@@ -40,14 +41,13 @@ COLUMNS = [
 ]
 
 
-def block_span(memory: GuestMemory, memory_range: MemoryRange) -> str:
-    """``first-last`` RamBlock numbers (one number for a single block)."""
+def block_span(memory_map: MemoryMap, memory_range: MemoryRange) -> str:
+    """``first-last`` RamBlock numbers (one number for a single block), and the absent."""
     first, last = memory_range.first_block, memory_range.last_block
     text = str(first) if first == last else f"{first}-{last}"
-    absent = [n for n in range(first, last + 1) if n not in memory.blocks]
-    if absent:
-        text += f" (absent: {', '.join(str(n) for n in absent[:8])}"
-        text += " ...)" if len(absent) > 8 else ")"
+    missing = memory_map.missing_blocks(memory_range)
+    if missing.count:
+        text += f" ({missing.count} absent: {missing.describe()})"
     return text
 
 
@@ -72,7 +72,7 @@ class Memmap(interfaces.plugins.PluginInterface):
     @classmethod
     def rows(
         cls,
-        memory: GuestMemory,
+        memory: PageReader,
         count: bool = True,
         progress: Optional[Callable[[float, str], None]] = None,
     ) -> Iterator[Tuple]:
@@ -94,7 +94,7 @@ class Memmap(interfaces.plugins.PluginInterface):
                 format_hints.Hex(memory_range.gpa_end - 1),
                 memory_range.page_count,
                 format_hints.Hex(memory_range.mbp_start * PAGE_SIZE),
-                block_span(memory, memory_range),
+                block_span(memory.map, memory_range),
                 *kinds,
                 ", ".join(memory_range.flag_names),
             )

@@ -109,7 +109,7 @@ class Vtop(interfaces.plugins.PluginInterface):
             return
         yield (*head, "CR3", na, format_hints.Hex(cr3), "", format_hints.Hex(root), "")
         try:
-            translation = translate(dump.memory.read_physical, mode, cr3, address, la57=la57)
+            translation = translate(dump.read_physical, mode, cr3, address, la57=la57)
         except PageNotPresentError as error:
             for step in error.steps:
                 yield (*head, *cls._step(step, mode))

@@ -11,13 +11,12 @@ Two branches share the base class :class:`VmrsError`:
 Every exception carries ``hresult``; format errors use ``ERROR_FILE_CORRUPT`` as a
 Win32 HRESULT, which is what the DLL surfaces for a corrupt container.
 
-Integrity problems that reading tolerates are not exceptions but
-:class:`IntegrityWarning` records collected on the reader (strict mode raises them).
+Integrity problems that reading tolerates are not exceptions but records in the dump's
+:class:`~.diagnostics.Diagnostics` (strict mode raises them as these exceptions).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 # HRESULT values (winerror.h, facility 0x037 for the dump provider).
@@ -219,17 +218,3 @@ class MemoryReadError(DumpProviderError):
         self.address = address
         self.block = block
         super().__init__(message)
-
-
-@dataclass(frozen=True)
-class IntegrityWarning:
-    """A problem the reader tolerated; shown to the analyst by ``vmrs.info``."""
-
-    kind: str  # short machine-readable category, e.g. "checksum", "replay-log"
-    structure: str
-    message: str
-    offset: Optional[int] = None
-    key_path: Optional[str] = None
-
-    def __str__(self) -> str:
-        return f"{describe_location(self.structure, self.offset, self.key_path)}: {self.message}"

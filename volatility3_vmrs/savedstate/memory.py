@@ -1,79 +1,42 @@
-"""Guest RAM of a saved state: memory ranges, RamBlocks and their page records.
+"""Reading guest RAM: page streams decoded, cached and read ahead, over a memory map.
 
-Layout (``vmrs-format.md`` §10):
-
-* ``/savedstate/RamMemoryBlock%d`` (48 bytes, 40 in VM version 4.0 files) describes one
-  contiguous guest-physical range and where its pages start in the "memory-block page"
-  (MBP) sequence: ``mbp = mbp_index_start + (gpa_page - gpa_index_start)``.
-* The MBP sequence is cut into 1 MiB ``/savedstate/RamBlock%d`` values. A value of
-  exactly 1 MiB is raw memory; anything shorter is a stream of page records (fill,
-  multi-fill, raw, XPRESS, and an extended form) that must decode to exactly 1 MiB.
+The layout questions (which range, which block, what is missing) are answered by
+:class:`~.memory_map.MemoryMap`; :class:`PageReader` only turns addresses into bytes.
 
 Raw blocks are read straight from the file. A compressed block is indexed once, on first
-touch, into a compact table of records; pages are then decoded one at a time and kept in
-a bounded LRU cache (the DLL's SetMemoryBlockCacheLimit, counted in 1 MiB blocks).
-Unreadable memory (a hole, a missing RamBlock, a bad stream) raises
+touch, into a compact table of records (§10.3); pages are then decoded one at a time and
+kept in a bounded LRU cache (the DLL's SetMemoryBlockCacheLimit, counted in 1 MiB
+blocks). Unreadable memory (a hole, a missing RamBlock, a bad stream) raises
 :class:`~.errors.MemoryReadError` naming the block; it never reads as zeros unless the
-caller asks for padding.
+caller asks for padding. A block whose stream cannot be decoded is reported once to the
+diagnostics (phase "read") and remembered in :attr:`PageReader.bad_blocks`.
 """
 
 from __future__ import annotations
 
 import bisect
-import itertools
-import re
 import struct
 import threading
 from array import array
 from collections import Counter, OrderedDict
-from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, FrozenSet, List, Optional, Set, Tuple
 
 from . import xpress
-from .errors import (
-    GuestMemoryFormatError,
-    GuestMemoryNotFoundError,
-    IntegrityWarning,
-    MemoryReadError,
-    UnsupportedVersionError,
+from .diagnostics import Diagnostics, Kind, Phase
+from .errors import GuestMemoryFormatError, MemoryReadError
+from .memory_map import (
+    BLOCK_SIZE,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PAGES_PER_BLOCK,
+    BlockLocation,
+    MemoryMap,
+    MemoryRange,
+    map_saved_state,
 )
-from .storage import HyperVStorage, Key, KeyType
-from .structs import Layout
-
-PAGE_SIZE = 0x1000
-PAGE_SHIFT = 12
-BLOCK_SIZE = 0x100000
-PAGES_PER_BLOCK = BLOCK_SIZE // PAGE_SIZE
-MAX_GPA_PAGE = 1 << 40  # 52-bit guest-physical addresses
-MAX_RANGE_PAGES = 1 << 40  # Microsoft's limit above VM version 9.1 (§10.1)
-
-SAVEDSTATE = "/savedstate"
-
-# MEMORY_BLOCK_OBJECT_SAVE_STRUCT_CURRENT (§10.1).
-RAM_MEMORY_BLOCK = Layout(
-    "RamMemoryBlock",
-    (
-        ("saved_state_version", "I"),
-        ("flags", "I"),
-        ("page_count", "Q"),
-        ("mbp_index_start", "Q"),
-        ("gpa_index_start", "Q"),
-        ("virtual_node", "I"),
-        ("_padding", "I"),
-        ("ksr_block_id", "Q"),
-    ),
-)
-assert RAM_MEMORY_BLOCK.size == 48
-# VM version 4.0 stores the same fields without ksr_block_id (UNVERIFIED layout).
-RAM_MEMORY_BLOCK_V40 = Layout("RamMemoryBlock (40-byte form)", RAM_MEMORY_BLOCK.fields[:-1])
-assert RAM_MEMORY_BLOCK_V40.size == 40
-RAM_MEMORY_BLOCK_MAX_VERSION = 3
-RAM_MEMORY_BLOCK_FLAGS = {
-    0x1: "hot-added",
-    0x2: "SGX",
-    0x4: "VTL2",
-    0x8: "specific-purpose",
-}
+from .paths import ram_block
+from .source import ReadOnlySource
+from .storage import HyperVStorage
 
 # Page-record tags of a compressed RamBlock (§10.3).
 TAG_END = 0xFFFFFFFF
@@ -91,49 +54,11 @@ KIND_FILL = 1
 KIND_XPRESS = 2
 KIND_NAMES = {KIND_RAW: "raw", KIND_FILL: "fill", KIND_XPRESS: "xpress"}
 
-_RAM_MEMORY_BLOCK_NAME = re.compile(r"RamMemoryBlock(\d+)\Z")
-_RAM_BLOCK_NAME = re.compile(r"RamBlock(\d+)\Z")
-_MEMORY_KEY_PREFIXES = ("RamMemoryBlock", "RamBlock", "RamIndexStart", "RamVtlInfo")
-
 DEFAULT_CACHE_LIMIT_BLOCKS = 64
 # Page streams of compressed blocks kept after indexing (each at most 1 MiB).
 STREAM_CACHE_BLOCKS = 2
 # Bytes read at once from a raw block once reads turn out to be sequential.
 READ_AHEAD = 0x20000
-
-
-@dataclass(frozen=True)
-class MemoryRange:
-    """One RamMemoryBlock: a run of guest-physical pages and their place in saved RAM."""
-
-    number: int
-    key_path: str
-    gpa_page: int
-    page_count: int
-    mbp_start: int
-    flags: int = 0
-    virtual_node: int = 0
-
-    @property
-    def gpa_start(self) -> int:
-        return self.gpa_page << PAGE_SHIFT
-
-    @property
-    def gpa_end(self) -> int:
-        """First address after the range."""
-        return (self.gpa_page + self.page_count) << PAGE_SHIFT
-
-    @property
-    def first_block(self) -> int:
-        return self.mbp_start // PAGES_PER_BLOCK
-
-    @property
-    def last_block(self) -> int:
-        return (self.mbp_start + self.page_count - 1) // PAGES_PER_BLOCK
-
-    @property
-    def flag_names(self) -> List[str]:
-        return [name for bit, name in RAM_MEMORY_BLOCK_FLAGS.items() if self.flags & bit]
 
 
 class _BlockIndex:
@@ -242,17 +167,23 @@ def index_page_stream(value: bytes, key_path: str) -> _BlockIndex:
 class RamBlock:
     """One 1 MiB RamBlock value: raw, or a page-record stream indexed on first touch."""
 
-    def __init__(self, number: int, key: Key) -> None:
-        self.number = number
-        self.key = key
-        self.is_raw = key.size == BLOCK_SIZE
+    def __init__(self, location: BlockLocation, source: ReadOnlySource) -> None:
+        self.location = location
+        self.number = location.number
+        self.key_path = location.key_path
+        self.is_raw = location.is_raw
+        self._source = source
         self._index: Optional[_BlockIndex] = None
         self._error: Optional[GuestMemoryFormatError] = None
         self._lock = threading.Lock()
 
-    @property
-    def key_path(self) -> str:
-        return self.key.path
+    def read(self, offset: int = 0, size: Optional[int] = None) -> bytes:
+        """Stored bytes of the value (the page stream of a compressed block)."""
+        if size is None:
+            size = self.location.size - offset
+        return self._source.read_exact(
+            self.location.offset + offset, size, "RamBlock", self.key_path
+        )
 
     def index(self) -> _BlockIndex:
         """The record index (compressed blocks only); built once, errors remembered."""
@@ -269,9 +200,9 @@ class RamBlock:
                 raise self._error
             if self._index is not None:
                 return self._index, None
-            stream = self.key.read()
+            stream = self.read()
             try:
-                self._index = index_page_stream(stream, self.key.path)
+                self._index = index_page_stream(stream, self.key_path)
             except GuestMemoryFormatError as error:
                 self._error = error
                 raise
@@ -290,19 +221,25 @@ class RamBlock:
         return kinds
 
 
-class GuestMemory:
-    """The saved guest RAM of a ``.vmrs``: physical and raw-saved-memory reads."""
+class PageReader:
+    """Guest-physical and raw-saved-memory reads over a :class:`MemoryMap`."""
 
     def __init__(
         self,
-        storage: HyperVStorage,
+        memory_map: MemoryMap,
+        source: ReadOnlySource,
+        diagnostics: Diagnostics,
         *,
         cache_limit_blocks: int = DEFAULT_CACHE_LIMIT_BLOCKS,
-        vm_version: Optional[int] = None,
     ) -> None:
-        self.storage = storage
-        self.vm_version = vm_version
-        self.warnings: List[IntegrityWarning] = []
+        self.map = memory_map
+        self.diagnostics = diagnostics
+        self._source = source
+        self.blocks: Dict[int, RamBlock] = {
+            number: RamBlock(location, source) for number, location in memory_map.blocks.items()
+        }
+        self._bad: Dict[int, str] = {}  # block number -> why it cannot be decoded
+        self._bad_pages: Set[Tuple[int, int]] = set()  # (block, page) not decompressible
         # Decoded pages of compressed blocks, per block (LRU over blocks), and the page
         # streams of the last few blocks touched, so that reading a block page after page
         # costs one read of its stream rather than one per page.
@@ -320,293 +257,71 @@ class GuestMemory:
         # The last multi-page XPRESS record decoded: (block number, record, output).
         self._recent_record: Optional[Tuple[int, int, bytes]] = None
         self.cache_limit_blocks = cache_limit_blocks
-        self.blocks: Dict[int, RamBlock] = {}
-        self.ranges: List[MemoryRange] = []
-        self._load()
-        self._range_starts = [r.gpa_page for r in self.ranges]
         self._zero_page = bytes(PAGE_SIZE)
 
-    # --- loading ----------------------------------------------------------------------
-    def _warn(self, kind: str, structure: str, message: str, key_path: Optional[str]) -> None:
-        warning = IntegrityWarning(kind, structure, message, None, key_path)
-        if self.storage.strict:
-            raise GuestMemoryFormatError(message, structure=structure, key_path=key_path)
-        self.warnings.append(warning)
+    @property
+    def ranges(self) -> Tuple[MemoryRange, ...]:
+        return self.map.ranges
 
-    def _memory_keys(self) -> Tuple[Dict[int, Key], Dict[int, Key]]:
-        if SAVEDSTATE not in self.storage:
-            raise GuestMemoryNotFoundError(
-                "the file has no /savedstate key: it holds no saved guest memory"
-            )
-        ranges: Dict[int, Key] = {}
-        blocks: Dict[int, Key] = {}
-        unknown: List[str] = []
-        for key in self.storage.get(SAVEDSTATE).children:
-            known = False
-            for pattern, found in ((_RAM_MEMORY_BLOCK_NAME, ranges), (_RAM_BLOCK_NAME, blocks)):
-                match = pattern.match(key.name)
-                if match:
-                    # Numbers come from the names: keys are stored in text order,
-                    # RamBlock10 before RamBlock2.
-                    found[int(match.group(1))] = key
-                    known = True
-            if not known and key.name.startswith(_MEMORY_KEY_PREFIXES) and not key.is_node:
-                unknown.append(key.name)
-            # Older files (UNVERIFIED): RamMemoryBlock/<n> and RamBlock/<n> as nodes.
-            if key.is_node and key.name in ("RamMemoryBlock", "RamBlock"):
-                target = ranges if key.name == "RamMemoryBlock" else blocks
-                for child in key.children:
-                    if child.name.isdigit():
-                        target[int(child.name)] = child
-        if unknown:
-            # Microsoft's reader knows more memory keys (page-count-valid, backing and
-            # fault-cluster bitmaps, §10.1) whose effect on reading is UNVERIFIED: say that
-            # they were present and not applied, so no one takes every page for data.
-            shown = ", ".join(sorted(unknown)[:6]) + (" ..." if len(unknown) > 6 else "")
-            self._warn(
-                "memory",
-                "memory key",
-                f"{len(unknown)} memory key(s) not interpreted: {shown}",
-                SAVEDSTATE,
-            )
-        return ranges, blocks
+    @property
+    def bad_blocks(self) -> FrozenSet[int]:
+        """Blocks found undecodable so far (reading finds them; ``verify`` finds all)."""
+        return frozenset(self._bad)
 
-    def _load(self) -> None:
-        range_keys, block_keys = self._memory_keys()
-        if not range_keys:
-            raise GuestMemoryNotFoundError(
-                "no /savedstate/RamMemoryBlock<n> key: the saved state describes no guest memory"
-            )
-        expected = list(range(len(range_keys)))
-        if sorted(range_keys) != expected:
-            self._warn(
-                "memory",
-                "RamMemoryBlock",
-                f"range numbers {sorted(range_keys)} are not 0..{len(range_keys) - 1}",
-                SAVEDSTATE,
-            )
-        parsed = [self._parse_range(number, key) for number, key in sorted(range_keys.items())]
-        for number, key in block_keys.items():
-            if key.type != KeyType.ARRAY:
-                self._warn("memory", "RamBlock", f"type {key.type.name}, expected Array", key.path)
-                continue
-            if key.size > BLOCK_SIZE:
-                self._warn(
-                    "memory",
-                    "RamBlock",
-                    f"value of {key.size:#x} bytes is larger than 1 MiB; block unusable",
-                    key.path,
-                )
-                continue
-            self.blocks[number] = RamBlock(number, key)
-        self.ranges = self._arrange([r for r in parsed if r is not None])
-        for memory_range in self.ranges:
-            # A range may claim up to 2**40 pages (2**32 blocks): count what is missing
-            # from the blocks the file holds, never by visiting every block number.
-            first, last = memory_range.first_block, memory_range.last_block
-            present = sum(1 for number in self.blocks if first <= number <= last)
-            missing_count = last - first + 1 - present
-            if missing_count:
-                missing = list(
-                    itertools.islice((n for n in range(first, last + 1) if n not in self.blocks), 8)
-                )
-                shown = ", ".join(str(n) for n in missing) + (" ..." if missing_count > 8 else "")
-                self._warn(
-                    "memory",
-                    "RamBlock",
-                    f"{missing_count} RamBlock(s) missing ({shown}); their pages of GPA "
-                    f"{memory_range.gpa_start:#x}-{memory_range.gpa_end - 1:#x} are unreadable",
-                    memory_range.key_path,
-                )
+    def is_readable(self, gpa: int) -> bool:
+        """Whether the page of ``gpa`` can be read: mapped, its block present and not bad."""
+        number = self.map.block_of(gpa)
+        if number is None or number not in self.blocks or number in self._bad:
+            return False
+        if self._bad_pages:
+            raw = self.map.gpa_to_raw_offset(gpa)
+            return (number, (raw % BLOCK_SIZE) >> PAGE_SHIFT) not in self._bad_pages
+        return True
 
-    def _parse_range(self, number: int, key: Key) -> Optional[MemoryRange]:
-        if key.type != KeyType.ARRAY:
-            raise GuestMemoryFormatError(
-                f"type {key.type.name}, expected Array",
-                structure="RamMemoryBlock",
-                key_path=key.path,
-            )
-        data = key.read()
-        if len(data) == RAM_MEMORY_BLOCK.size:
-            fields = RAM_MEMORY_BLOCK.unpack(data)
-        elif len(data) == RAM_MEMORY_BLOCK_V40.size:
-            fields = RAM_MEMORY_BLOCK_V40.unpack(data)
-        else:
-            raise GuestMemoryFormatError(
-                f"value of {len(data)} bytes; expected 48 (or 40 in VM version 4.0 files)",
-                structure="RamMemoryBlock",
-                key_path=key.path,
-            )
-        if self.vm_version is not None:
-            wanted = 40 if self.vm_version == 0x0400 else 48
-            if len(data) != wanted:
-                self._warn(
-                    "memory",
-                    "RamMemoryBlock",
-                    f"{len(data)}-byte form in a VM version {self.vm_version:#06x} file "
-                    f"(Microsoft's reader expects {wanted})",
-                    key.path,
-                )
-        if fields.saved_state_version > RAM_MEMORY_BLOCK_MAX_VERSION:
-            raise UnsupportedVersionError(
-                f"unsupported RamMemoryBlock version {fields.saved_state_version} "
-                f"(known up to {RAM_MEMORY_BLOCK_MAX_VERSION})",
-                structure="RamMemoryBlock",
-                key_path=key.path,
-            )
-        unknown_flags = fields.flags & ~0xF
-        if unknown_flags:
-            raise GuestMemoryFormatError(
-                f"unknown flags {unknown_flags:#x}",
-                structure="RamMemoryBlock",
-                key_path=key.path,
-            )
-        if fields.page_count == 0:
-            self._warn("memory", "RamMemoryBlock", "range of zero pages ignored", key.path)
-            return None
-        if (
-            fields.page_count > MAX_RANGE_PAGES
-            or fields.gpa_index_start + fields.page_count > MAX_GPA_PAGE
-            or fields.mbp_index_start + fields.page_count > MAX_RANGE_PAGES
-        ):
-            raise GuestMemoryFormatError(
-                f"range of {fields.page_count:#x} pages at GPA page {fields.gpa_index_start:#x} "
-                f"(MBP {fields.mbp_index_start:#x}) exceeds the 52-bit address space",
-                structure="RamMemoryBlock",
-                key_path=key.path,
-            )
-        return MemoryRange(
-            number=number,
-            key_path=key.path,
-            gpa_page=fields.gpa_index_start,
-            page_count=fields.page_count,
-            mbp_start=fields.mbp_index_start,
-            flags=fields.flags,
-            virtual_node=fields.virtual_node,
+    def is_readable_span(self, gpa: int, length: int) -> bool:
+        """Whether every page of ``[gpa, gpa + length)`` can be read."""
+        if length <= 0:
+            return False
+        for _, span, raw in self.map.spans(gpa, length):
+            if raw is None:
+                return False
+            first, last = raw // BLOCK_SIZE, (raw + span - 1) // BLOCK_SIZE
+            for number in range(first, last + 1):
+                if number not in self.blocks or number in self._bad:
+                    return False
+            if self._bad_pages:
+                for offset in range(raw & ~(PAGE_SIZE - 1), raw + span, PAGE_SIZE):
+                    page = (offset % BLOCK_SIZE) >> PAGE_SHIFT
+                    if (offset // BLOCK_SIZE, page) in self._bad_pages:
+                        return False
+        return True
+
+    def _record_failed(
+        self, block: RamBlock, index: _BlockIndex, record: int, error: GuestMemoryFormatError
+    ) -> None:
+        first = index.out_start[record] >> PAGE_SHIFT
+        last = (index.out_start[record] + index.out_length[record] - 1) >> PAGE_SHIFT
+        with self._cache_lock:
+            self._bad_pages.update((block.number, page) for page in range(first, last + 1))
+        self.diagnostics.error(
+            Kind.BAD_BLOCK,
+            "RamBlock page stream",
+            f"XPRESS record at value offset {index.source[record]:#x} cannot be decompressed "
+            f"({error.detail}); pages {first}-{last} of the block are unreadable",
+            key_path=block.key_path,
+            phase=Phase.READ,
         )
 
-    def _arrange(self, ranges: List[MemoryRange]) -> List[MemoryRange]:
-        """Sort by GPA; clip overlaps (the lower-numbered range wins) and report them.
-
-        GPA pages already mapped are kept as sorted, disjoint, merged intervals, so each
-        range costs a bisection plus the intervals it overlaps (which it then merges):
-        thousands of RamMemoryBlock keys do not make this quadratic.
-        """
-        arranged: List[MemoryRange] = []
-        starts: List[int] = []  # claimed GPA page intervals [starts[i], ends[i])
-        ends: List[int] = []
-        for memory_range in sorted(ranges, key=lambda r: r.number):
-            lo = memory_range.gpa_page
-            hi = lo + memory_range.page_count
-            first = bisect.bisect_right(starts, lo) - 1
-            if first < 0 or ends[first] < lo:
-                first += 1  # the interval before lo neither overlaps nor touches it
-            last = first
-            pieces = []
-            cursor = lo
-            overlaps = []
-            while last < len(starts) and starts[last] <= hi:
-                start, end = starts[last], ends[last]
-                if start < hi and end > lo:
-                    overlaps.append((max(start, lo), min(end, hi)))
-                if start > cursor:
-                    pieces.append((cursor, min(start, hi)))
-                cursor = max(cursor, end)
-                last += 1
-            if cursor < hi:
-                pieces.append((cursor, hi))
-            if overlaps:
-                pages = sum(b - a for a, b in overlaps)
-                where = f"{overlaps[0][0]:#x}-{overlaps[-1][1] - 1:#x}"
-                more = f" ({len(overlaps)} runs, {pages:#x} pages)" if len(overlaps) > 1 else ""
-                self._warn(
-                    "memory",
-                    "RamMemoryBlock",
-                    f"GPA pages {where} overlap an earlier range{more}; the earlier one is used",
-                    memory_range.key_path,
-                )
-            # Merge [lo, hi) with every claimed interval it overlaps or touches.
-            if first < last:
-                merged = (min(lo, starts[first]), max(hi, ends[last - 1]))
-            else:
-                merged = (lo, hi)
-            starts[first:last] = [merged[0]]
-            ends[first:last] = [merged[1]]
-            for piece_lo, piece_hi in pieces:
-                arranged.append(
-                    MemoryRange(
-                        number=memory_range.number,
-                        key_path=memory_range.key_path,
-                        gpa_page=piece_lo,
-                        page_count=piece_hi - piece_lo,
-                        mbp_start=memory_range.mbp_start + (piece_lo - memory_range.gpa_page),
-                        flags=memory_range.flags,
-                        virtual_node=memory_range.virtual_node,
-                    )
-                )
-        arranged.sort(key=lambda r: r.gpa_page)
-        mbp_sorted = sorted(arranged, key=lambda r: r.mbp_start)
-        for before, after in zip(mbp_sorted, mbp_sorted[1:]):
-            if before.mbp_start + before.page_count > after.mbp_start:
-                self._warn(
-                    "memory",
-                    "RamMemoryBlock",
-                    f"saved-RAM pages of {before.key_path} and {after.key_path} overlap",
-                    after.key_path,
-                )
-        return arranged
-
-    # --- layout queries ---------------------------------------------------------------
-    @property
-    def total_pages(self) -> int:
-        return sum(r.page_count for r in self.ranges)
-
-    @property
-    def raw_size(self) -> int:
-        """Size of the raw saved memory (MBP byte space): end of the last range's pages.
-
-        GetGuestRawSavedMemorySize has no public definition; this choice keeps every
-        offset GuestPhysicalAddressToRawSavedMemoryOffset returns below the size.
-        """
-        return max((r.mbp_start + r.page_count for r in self.ranges), default=0) * PAGE_SIZE
-
-    def range_of(self, gpa: int) -> Optional[MemoryRange]:
-        page = gpa >> PAGE_SHIFT
-        position = bisect.bisect_right(self._range_starts, page) - 1
-        if position >= 0:
-            memory_range = self.ranges[position]
-            if page < memory_range.gpa_page + memory_range.page_count:
-                return memory_range
-        return None
-
-    def is_mapped(self, gpa: int) -> bool:
-        return self.range_of(gpa) is not None
-
-    def gpa_to_raw_offset(self, gpa: int) -> int:
-        memory_range = self.range_of(gpa)
-        if memory_range is None:
-            raise MemoryReadError(
-                f"guest-physical address {gpa:#x} is in no saved memory range", address=gpa
+    def _block_failed(self, block: RamBlock, error: GuestMemoryFormatError) -> None:
+        if block.number not in self._bad:
+            self._bad[block.number] = error.detail
+            self.diagnostics.error(
+                Kind.BAD_BLOCK,
+                "RamBlock page stream",
+                f"cannot be decoded: {error.detail}; its 1 MiB of saved RAM is unreadable",
+                key_path=block.key_path,
+                phase=Phase.READ,
             )
-        return (
-            (memory_range.mbp_start + (gpa >> PAGE_SHIFT) - memory_range.gpa_page) << PAGE_SHIFT
-        ) | (gpa & (PAGE_SIZE - 1))
-
-    def spans(self, gpa: int, size: int) -> Iterator[Tuple[int, int, Optional[int]]]:
-        """Split ``[gpa, gpa+size)`` into (gpa, length, raw offset or None for a hole)."""
-        end = gpa + size
-        while gpa < end:
-            memory_range = self.range_of(gpa)
-            if memory_range is None:
-                position = bisect.bisect_right(self._range_starts, gpa >> PAGE_SHIFT)
-                next_start = self.ranges[position].gpa_start if position < len(self.ranges) else end
-                length = min(end, max(next_start, gpa + 1)) - gpa
-                yield gpa, length, None
-            else:
-                length = min(end, memory_range.gpa_end) - gpa
-                raw = ((memory_range.mbp_start - memory_range.gpa_page) << PAGE_SHIFT) + gpa
-                yield gpa, length, raw
-            gpa += length
 
     # --- reads ------------------------------------------------------------------------
     def read_physical(self, gpa: int, size: int, pad: bool = False) -> bytes:
@@ -623,7 +338,7 @@ class GuestMemory:
         # Fast path for what Volatility does most: a read inside one range and one block.
         last = self._last_range
         if last is None or not last[0] <= gpa < last[1]:
-            memory_range = self.range_of(gpa)
+            memory_range = self.map.range_of(gpa)
             if memory_range is not None:
                 last = self._last_range = (
                     memory_range.gpa_start,
@@ -640,7 +355,7 @@ class GuestMemory:
                         return self._read_raw_block(block, within, size, gpa, last[1])
                     return self._read_block(block, within, size)
         pieces = []
-        for start, length, raw_offset in self.spans(gpa, size):
+        for start, length, raw_offset in self.map.spans(gpa, size):
             if raw_offset is None:
                 raise MemoryReadError(
                     f"guest-physical address {start:#x} is not backed by saved memory (a hole "
@@ -654,7 +369,7 @@ class GuestMemory:
         """Read with holes and unreadable pages as zeros; also returns (gpa, length) missed."""
         pieces = []
         missing: List[Tuple[int, int]] = []
-        for start, length, raw in self.spans(gpa, size):
+        for start, length, raw in self.map.spans(gpa, size):
             if raw is None:
                 pieces.append(bytes(length))
                 missing.append((start, length))
@@ -685,10 +400,10 @@ class GuestMemory:
             block = self.blocks.get(number)
             if block is None:
                 raise MemoryReadError(
-                    f"saved RAM at raw offset {offset:#x} is in /savedstate/RamBlock{number}, "
+                    f"saved RAM at raw offset {offset:#x} is in {ram_block(number)}, "
                     "which the file does not hold",
                     address=offset,
-                    block=f"{SAVEDSTATE}/RamBlock{number}",
+                    block=ram_block(number),
                 )
             pieces.append(self._read_block(block, within, length))
             offset += length
@@ -717,7 +432,7 @@ class GuestMemory:
         ``gpa``/``range_end`` (when the caller knows them) let the read-ahead also serve
         the next guest-physical reads directly, up to the end of the block or the range.
         """
-        file_offset = block.key.value_offset + within
+        file_offset = block.location.offset + within
         ahead = self._read_ahead
         if ahead is not None:
             skip = file_offset - ahead[0]
@@ -726,7 +441,7 @@ class GuestMemory:
                 return ahead[1][skip : skip + length]
         span = min(READ_AHEAD, BLOCK_SIZE - within)
         if file_offset == self._sequential_end and length < span:
-            data = self.storage.source.read(file_offset, span)
+            data = self._source.read(file_offset, span)
             if len(data) >= length:
                 self._read_ahead = (file_offset, data)
                 if gpa >= 0:
@@ -734,7 +449,7 @@ class GuestMemory:
                 self._sequential_end = file_offset + length
                 return data[:length]
         self._sequential_end = file_offset + length
-        data = self.storage.source.read(file_offset, length)
+        data = self._source.read(file_offset, length)
         if len(data) != length:
             raise MemoryReadError(
                 f"{block.key_path}: the file ends inside this RamBlock "
@@ -757,6 +472,7 @@ class GuestMemory:
             try:
                 index, stream = block.index_and_stream()
             except GuestMemoryFormatError as error:
+                self._block_failed(block, error)
                 raise MemoryReadError(
                     f"{block.key_path} cannot be decoded: {error.detail}",
                     address=(block.number * PAGES_PER_BLOCK + page) << PAGE_SHIFT,
@@ -789,7 +505,7 @@ class GuestMemory:
         stream = self._streams.get(block.number)
         if stream is not None:
             return stream[offset : offset + length]
-        return block.key.read(offset, length)
+        return block.read(offset, length)
 
     def _decode_record(
         self, block: RamBlock, index: _BlockIndex, record: int, position: int, length: int
@@ -813,6 +529,7 @@ class GuestMemory:
             try:
                 output = xpress.decompress(stored, out_length)
             except GuestMemoryFormatError as error:
+                self._record_failed(block, index, record, error)
                 raise MemoryReadError(
                     f"{block.key_path}: XPRESS data at value offset {index.source[record]:#x} "
                     f"cannot be decompressed: {error.detail}",
@@ -893,10 +610,8 @@ class GuestMemory:
         counts: Counter = Counter()
         first, last = memory_range.first_block, memory_range.last_block
         range_end = memory_range.mbp_start + memory_range.page_count
-        # Visit only the blocks the file holds: a range may span 2**32 block numbers.
-        present = sorted(number for number in self.blocks if first <= number <= last)
         counts["missing"] += memory_range.page_count
-        for number in present:
+        for number in self.map.blocks_of(memory_range):
             if progress is not None:
                 progress(
                     100.0 * (number - first) / max(1, last - first + 1),
@@ -908,7 +623,8 @@ class GuestMemory:
             block = self.blocks[number]
             try:
                 kinds = block.page_kinds()
-            except GuestMemoryFormatError:
+            except GuestMemoryFormatError as error:
+                self._block_failed(block, error)
                 counts["bad"] += hi - lo
                 continue
             for mbp in range(lo, hi):
@@ -917,6 +633,15 @@ class GuestMemory:
             del counts["missing"]
         return counts
 
-    def blocks_of(self, memory_range: MemoryRange) -> range:
-        """Block numbers of a range (a range object: a range may span 2**32 blocks)."""
-        return range(memory_range.first_block, memory_range.last_block + 1)
+
+def open_guest_memory(
+    storage: HyperVStorage,
+    *,
+    cache_limit_blocks: int = DEFAULT_CACHE_LIMIT_BLOCKS,
+    vm_version: Optional[int] = None,
+) -> PageReader:
+    """Map the guest RAM of a ``.vmrs`` and return its reader (diagnostics: the storage's)."""
+    memory_map = map_saved_state(storage, storage.diagnostics, vm_version)
+    return PageReader(
+        memory_map, storage.source, storage.diagnostics, cache_limit_blocks=cache_limit_blocks
+    )

@@ -348,11 +348,11 @@ def scan_regions(
 
 
 def scan_guest_memory(memory, progress=None) -> Iterator[PeImage]:
-    """Scan the saved guest RAM (a :class:`~.memory.GuestMemory`) in physical space."""
+    """Scan the saved guest RAM (a :class:`~.memory.PageReader`) in physical space."""
 
     def read_page(gpa: int) -> Optional[bytes]:
         data, missing = memory.read_physical_padded(gpa, PAGE_SIZE)
         return None if missing else data
 
-    regions = [(r.gpa_start, r.gpa_end) for r in memory.ranges]
+    regions = [(start, start + length) for start, length in memory.map.readable_runs()]
     return scan_regions(memory.read_physical_padded, read_page, regions, progress=progress)

@@ -12,8 +12,9 @@ Leniency policy (decided here, not by the format):
 * Structural damage is an error: truncated envelope, a chunk header or chunk data running
   past the end, a framing/marker chunk (Prolog, OsId, PartitionVtl, VpIndices, Vp, VpVtl,
   VpVtlControlPage) shorter than its layout, a VTL number above 15, no Vp marker at all.
-* Semantic oddities are :class:`~.errors.IntegrityWarning` records on
-  ``PartitionState.warnings``: unknown chunk ids (skipped by length), a register chunk
+* Semantic oddities are warnings of kind ``partition-state`` (their ``detail`` names the
+  case) reported to the dump's :class:`~.diagnostics.Diagnostics` and kept on
+  ``PartitionState.diagnostics``: unknown chunk ids (skipped by length), a register chunk
   shorter than its layout (the set lists it in ``incomplete`` and reading one of its
   registers raises :class:`~.errors.InvalidVpStateError`), duplicate chunks (last wins),
   register chunks outside any Vp section, a missing Epilog, a blob shorter than its
@@ -44,9 +45,10 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, NoReturn, Optional, Tuple, Union
 
+from . import paths
+from .diagnostics import Diagnostic, Diagnostics, Kind
 from .errors import (
     VM_SAVED_STATE_DUMP_E_NO_VP_FOUND_IN_PARTITION_STATE,
-    IntegrityWarning,
     InvalidArgumentError,
     InvalidVpStateError,
     NoVpFoundError,
@@ -67,7 +69,6 @@ from .types import (
     Table,
 )
 
-KEY_PATH = "/savedstate/savedVM/partition_state"
 MAX_VTL = 15  # the hypervisor's VTL field is 4 bits wide
 
 
@@ -639,14 +640,22 @@ class PartitionState:
     vp_indices_bitmap: Optional[bytes] = None
     unknown_chunks: List[RawChunk] = field(default_factory=list)
     other_chunks: List[RawChunk] = field(default_factory=list)  # known, not decoded
-    warnings: List[IntegrityWarning] = field(default_factory=list)
+    diagnostics: List[Diagnostic] = field(default_factory=list)
     stream_start: int = 0
     stream_end: int = 0
     epilog_offset: Optional[int] = None
 
     @classmethod
-    def parse(cls, blob: bytes, *, key_path: str = KEY_PATH) -> PartitionState:
-        return _Parser(bytes(blob), key_path).run()
+    def parse(
+        cls,
+        blob: bytes,
+        *,
+        key_path: str = paths.PARTITION_STATE,
+        diagnostics: Optional[Diagnostics] = None,
+    ) -> PartitionState:
+        """Decode the blob; oddities go to ``diagnostics`` (strict ones raise there)."""
+        sink = diagnostics if diagnostics is not None else Diagnostics()
+        return _Parser(bytes(blob), key_path, sink).run()
 
     @property
     def is_arm(self) -> bool:
@@ -701,9 +710,10 @@ class PartitionState:
 class _Parser:
     """Single pass over the chunk stream, tracking the current VP and VTL sections."""
 
-    def __init__(self, blob: bytes, key_path: str) -> None:
+    def __init__(self, blob: bytes, key_path: str, diagnostics: Diagnostics) -> None:
         self.blob = blob
         self.key_path = key_path
+        self.diagnostics = diagnostics
         self.state = PartitionState()
         self.vp: Optional[VirtualProcessor] = None
         self.vp_vtl = 0  # current VTL inside the current VP
@@ -718,14 +728,17 @@ class _Parser:
             key_path=self.key_path,
         )
 
-    def warn(self, kind: str, message: str, offset: int, structure: str = "partition_state"):
-        self.state.warnings.append(
-            IntegrityWarning(
-                kind=kind,
-                structure=structure,
-                message=message,
+    def warn(
+        self, detail: str, message: str, offset: int, structure: str = "partition_state"
+    ) -> None:
+        self.state.diagnostics.append(
+            self.diagnostics.warn(
+                Kind.PARTITION_STATE,
+                structure,
+                message,
                 offset=offset,
                 key_path=self.key_path,
+                detail=detail,
             )
         )
 

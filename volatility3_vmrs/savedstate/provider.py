@@ -22,15 +22,19 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+from . import paths
+from .diagnostics import Diagnostic, Diagnostics
 from .errors import (
-    IntegrityWarning,
+    GuestMemoryNotFoundError,
     InvalidArgumentError,
     NotAContainerError,
     PartitionStateNotFoundError,
+    TruncatedError,
     UnsupportedLegacyFormatError,
     VmrsError,
 )
-from .memory import DEFAULT_CACHE_LIMIT_BLOCKS, PAGE_SIZE, GuestMemory, MemoryRange
+from .memory import DEFAULT_CACHE_LIMIT_BLOCKS, PageReader
+from .memory_map import PAGE_SIZE, MemoryRange, map_saved_state
 from .paging import Translation, translate
 from .processors import PartitionState, RegisterSet, VirtualProcessor
 from .source import PathOrFile
@@ -43,10 +47,6 @@ from .types import (
     RegisterValue,
 )
 
-PARTITION_STATE_PATH = "/savedstate/savedVM/partition_state"
-VM_VERSION_PATH = "/savedstate/VmVersion"
-CONFIG_VERSION_PATH = "/configuration/properties/version"
-SAVED_STATE_TYPE_PATH = "/savedstate/type"
 LEGACY_EXTENSIONS = (".bin", ".vsv")
 
 LEGACY_MESSAGE = (
@@ -74,31 +74,80 @@ class SavedStateDump:
         *,
         strict: bool = False,
         cache_limit_blocks: int = DEFAULT_CACHE_LIMIT_BLOCKS,
+        require_saved_state: bool = True,
     ) -> None:
         name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else ""
+        self.diagnostics = Diagnostics(strict=strict)
         try:
-            self.storage = HyperVStorage(source, strict=strict)
+            self.storage = HyperVStorage(source, diagnostics=self.diagnostics)
         except NotAContainerError:
             if name.lower().endswith(LEGACY_EXTENSIONS):
                 raise _legacy_error(name) from None
             raise
         try:
-            if PARTITION_STATE_PATH not in self.storage:
-                raise PartitionStateNotFoundError()
-            self.vm_version: Optional[int] = self._optional_int(VM_VERSION_PATH)
-            blob_key = self.storage.get(PARTITION_STATE_PATH)
-            self.partition = PartitionState.parse(blob_key.read(), key_path=blob_key.path)
-            self.memory = GuestMemory(
-                self.storage, cache_limit_blocks=cache_limit_blocks, vm_version=self.vm_version
-            )
+            self.vm_version: Optional[int] = self._optional_int(paths.VM_VERSION)
+            self.partition = self._open_partition()
+            self.memory = self._open_memory(cache_limit_blocks)
+            if require_saved_state and self.partition is None and self.memory is None:
+                raise self.not_a_saved_state()
         except BaseException:
             self.storage.close()
             raise
-        # The hot path: bound straight to the memory reader, no extra call layer.
-        self.read_physical = self.memory.read_physical
+        if self.memory is not None:
+            # The hot path: bound straight to the page reader, no extra call layer.
+            self.read_physical = self.memory.read_physical  # type: ignore[method-assign]
         self._forced_arch: Dict[int, VIRTUAL_PROCESSOR_ARCH] = {}
         self._forced_paging: Dict[int, PAGING_MODE] = {}
         self._forced_vtl: Dict[int, int] = {}
+
+    def _open_partition(self) -> Optional[PartitionState]:
+        if paths.PARTITION_STATE not in self.storage:
+            return None
+        blob_key = self.storage.get(paths.PARTITION_STATE)
+        return PartitionState.parse(
+            blob_key.read(), key_path=blob_key.path, diagnostics=self.diagnostics
+        )
+
+    def _open_memory(self, cache_limit_blocks: int) -> Optional[PageReader]:
+        try:
+            memory_map = map_saved_state(self.storage, self.diagnostics, self.vm_version)
+        except GuestMemoryNotFoundError:
+            if self.partition is not None and self.storage.truncation is None:
+                raise  # a saved state whose memory keys are gone: say so at open
+            return None
+        return PageReader(
+            memory_map, self.storage.source, self.diagnostics, cache_limit_blocks=cache_limit_blocks
+        )
+
+    def not_a_saved_state(self) -> VmrsError:
+        """Why the file has no processor state or memory: truncation, or its kind."""
+        truncation = self.storage.truncation
+        if truncation is not None:
+            return TruncatedError(
+                truncation.describe() + "; the saved state's keys lie in the missing part",
+                structure="file",
+                offset=truncation.file_size,
+            )
+        return PartitionStateNotFoundError()
+
+    @property
+    def is_saved_state(self) -> bool:
+        """Whether the file holds processor state or guest memory (else: configuration)."""
+        return self.partition is not None or self.memory is not None
+
+    def _require_partition(self) -> PartitionState:
+        if self.partition is None:
+            raise self.not_a_saved_state()
+        return self.partition
+
+    def _require_memory(self) -> PageReader:
+        if self.memory is None:
+            if self.storage.truncation is not None:
+                raise self.not_a_saved_state()
+            raise GuestMemoryNotFoundError(
+                "the file holds no saved guest memory (no /savedstate/RamMemoryBlock<n> key)"
+            )
+        return self.memory
 
     @classmethod
     def load(cls, source: PathOrFile, **options: Any) -> SavedStateDump:
@@ -131,19 +180,19 @@ class SavedStateDump:
 
     @property
     def config_version(self) -> Optional[int]:
-        return self._optional_int(CONFIG_VERSION_PATH)
+        return self._optional_int(paths.CONFIG_VERSION)
 
     @property
     def saved_state_type(self) -> Optional[str]:
-        if SAVED_STATE_TYPE_PATH not in self.storage:
+        if paths.SAVED_STATE_TYPE not in self.storage:
             return None
-        value = self.storage.value(SAVED_STATE_TYPE_PATH)
+        value = self.storage.value(paths.SAVED_STATE_TYPE)
         return value if isinstance(value, str) else None
 
     @property
-    def warnings(self) -> List[IntegrityWarning]:
-        """Every problem reading tolerated: container, processors and memory."""
-        return self.storage.warnings + self.partition.warnings + self.memory.warnings
+    def warnings(self) -> List[Diagnostic]:
+        """The warnings and errors of :attr:`diagnostics` (notes are no problem)."""
+        return list(self.diagnostics.problems)
 
     def keys(self, prefix: str = "/") -> Iterator[Key]:
         return self.storage.walk(prefix)
@@ -154,23 +203,23 @@ class SavedStateDump:
     # --- partition and processors -----------------------------------------------------
     @property
     def vp_count(self) -> int:
-        return self.partition.vp_count
+        return self._require_partition().vp_count
 
     @property
     def vp_indices(self) -> List[int]:
-        return sorted(self.partition.vps)
+        return sorted(self._require_partition().vps)
 
     @property
     def guest_enabled_vtls(self) -> int:
         """GetGuestEnabledVirtualTrustLevels: bit n = VTL n enabled in the partition."""
-        return self.partition.enabled_vtls
+        return self._require_partition().enabled_vtls
 
     def guest_os_info(self, vtl: int = 0) -> GuestOsInfo:
-        return self.partition.guest_os_info_for(vtl)
+        return self._require_partition().guest_os_info_for(vtl)
 
     def vp(self, vp_index: int) -> VirtualProcessor:
         try:
-            return self.partition.vps[vp_index]
+            return self._require_partition().vps[vp_index]
         except (KeyError, TypeError):
             raise InvalidArgumentError(
                 f"no virtual processor {vp_index!r} (the file has {self.vp_indices})"
@@ -227,7 +276,7 @@ class SavedStateDump:
     def is_nested_virtualization_enabled(self) -> bool:
         """Whether any VP carries nested-virtualization chunks (rule UNVERIFIED)."""
         nested = {0x30021000, 0x30023000}
-        for processor in self.partition.vps.values():
+        for processor in self._require_partition().vps.values():
             if any(chunk.chunk_id in nested for chunk in processor.other_chunks):
                 return True
         return False
@@ -236,7 +285,7 @@ class SavedStateDump:
         """Walk the VP's page tables; the steps say what each level held."""
         registers = self.registers(vp_index)
         return translate(
-            self.memory.read_physical,
+            self._require_memory().read_physical,
             self.paging_mode(vp_index),
             registers.cr3,
             va,
@@ -252,42 +301,42 @@ class SavedStateDump:
         """GetGuestPhysicalMemoryChunks: (page size, chunks sorted by address)."""
         return PAGE_SIZE, [
             GPA_MEMORY_CHUNK(memory_range.gpa_page, memory_range.page_count)
-            for memory_range in self.memory.ranges
+            for memory_range in self._require_memory().map.ranges
         ]
 
     @property
     def memory_ranges(self) -> List[MemoryRange]:
-        return list(self.memory.ranges)
+        return list(self._require_memory().map.ranges)
 
     def read_physical(self, gpa: int, size: int, pad: bool = False) -> bytes:  # type: ignore[no-redef]
         """ReadGuestPhysicalAddress (replaced per instance by the memory reader's method)."""
-        return self.memory.read_physical(gpa, size, pad=pad)
+        return self._require_memory().read_physical(gpa, size, pad=pad)
 
     def read_physical_padded(self, gpa: int, size: int) -> Tuple[bytes, List[Tuple[int, int]]]:
-        return self.memory.read_physical_padded(gpa, size)
+        return self._require_memory().read_physical_padded(gpa, size)
 
     def gpa_to_raw_offset(self, gpa: int) -> int:
-        return self.memory.gpa_to_raw_offset(gpa)
+        return self._require_memory().map.gpa_to_raw_offset(gpa)
 
     @property
     def raw_size(self) -> int:
-        return self.memory.raw_size
+        return self._require_memory().map.raw_size
 
     def read_raw(self, offset: int, size: int) -> bytes:
         """ReadGuestRawSavedMemory: short only at the end of the raw saved memory."""
         size = max(0, min(size, self.raw_size - offset))
-        return self.memory.read_raw(offset, size)
+        return self._require_memory().read_raw(offset, size)
 
     @property
     def memory_block_cache_limit(self) -> int:
         """SetMemoryBlockCacheLimit / GetMemoryBlockCacheLimit, in 1 MiB blocks."""
-        return self.memory.cache_limit_blocks
+        return self._require_memory().cache_limit_blocks
 
     @memory_block_cache_limit.setter
     def memory_block_cache_limit(self, blocks: int) -> None:
         if blocks < 0:
             raise InvalidArgumentError("the cache limit cannot be negative")
-        self.memory.cache_limit_blocks = blocks
+        self._require_memory().cache_limit_blocks = blocks
 
 
 def load_saved_state_file(path: PathOrFile, **options: Any) -> SavedStateDump:

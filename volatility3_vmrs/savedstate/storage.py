@@ -19,13 +19,12 @@ from __future__ import annotations
 import bisect
 import enum
 import struct
-from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Type
+from dataclasses import dataclass, field, replace
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from . import structs as S
+from .diagnostics import Diagnostics, Kind
 from .errors import (
-    ChecksumError,
-    IntegrityWarning,
     KeyNotFoundError,
     KeyTreeError,
     NotAContainerError,
@@ -78,15 +77,6 @@ _SCALAR_FORMATS = {
     KeyType.BOOL: "<I",
 }
 
-_WARNING_EXCEPTIONS: Dict[str, Type[VmrsFormatError]] = {
-    "checksum": ChecksumError,
-    "signature": SignatureError,
-    "truncated": TruncatedError,
-    "key-tree": KeyTreeError,
-    "replay-log": ReplayLogError,
-    "object-table": VmrsFormatError,
-}
-
 
 @dataclass(frozen=True)
 class FileHeader:
@@ -107,7 +97,7 @@ class FileHeader:
         return f"{self.format_version >> 8}.{self.format_version & 0xFF}"
 
 
-@dataclass
+@dataclass(frozen=True)
 class ReplayLogStatus:
     """What the replay log said and what the reader did with it (§6)."""
 
@@ -147,7 +137,7 @@ class Key:
     key declares, not the aligned object size). Values are decoded on request.
     """
 
-    storage: HyperVStorage = field(repr=False)
+    source: ReadOnlySource = field(repr=False)
     path: str
     name: str
     type: KeyType
@@ -175,14 +165,12 @@ class Key:
             raise ValueError(f"offset {offset:#x} outside the value of {self.path}")
         if size is None or offset + size > self.size:
             size = self.size - offset
-        return self.storage.source.read_exact(
-            self.value_offset + offset, size, "key value", self.path
-        )
+        return self.source.read_exact(self.value_offset + offset, size, "key value", self.path)
 
     @property
     def value(self) -> Any:
         """The decoded value: int, float, str, bytes, bool, or a dict for a node."""
-        return self.storage.decode_value(self)
+        return decode_value(self)
 
     def iter_children(self) -> Iterator[Key]:
         """Children in insertion order (the order the container keeps them in)."""
@@ -261,19 +249,40 @@ class _RawEntry:
 
 
 class HyperVStorage:
-    """A HyperVStorage container opened read-only.
+    """A HyperVStorage container opened read-only: the model the five stages build.
 
-    ``source`` is a path or a binary file object opened for reading. The file is never
-    written. ``strict=True`` raises on every integrity problem that is otherwise recorded
-    in :attr:`warnings`.
+    ``source`` is a path or a binary file object opened for reading; the file is never
+    written. Problems reading tolerated go into ``diagnostics`` (one shared
+    :class:`~.diagnostics.Diagnostics` when the caller passes it); ``strict=True`` makes
+    every warning raise (see :mod:`.diagnostics`).
     """
 
-    def __init__(self, source: PathOrFile, *, strict: bool = False) -> None:
-        self.strict = strict
-        self.warnings: List[IntegrityWarning] = []
+    def __init__(
+        self,
+        source: PathOrFile,
+        *,
+        strict: bool = False,
+        diagnostics: Optional[Diagnostics] = None,
+    ) -> None:
+        self.diagnostics = diagnostics if diagnostics is not None else Diagnostics(strict=strict)
         self.source = ReadOnlySource(source)
         try:
-            self._load()
+            diag = self.diagnostics
+            if self.source.file_size == 0:
+                raise NotAContainerError("the file is empty", structure="file header", offset=0)
+            self.header, self.header_copies_valid = read_headers(self.source, diag)
+            self.replay_log = read_replay_log(self.source, self.header, diag)
+            self.object_entries = walk_object_tables(self.source, self.header, diag)
+            self.file_objects = {
+                entry.file_offset: entry
+                for entry in self.object_entries
+                if entry.type == S.OBJECT_TYPE_FILE
+            }
+            self.truncation = check_extent(self.source, self.object_entries, diag)
+            raw_entries, self.key_table_info = read_key_tables(
+                self.source, self.object_entries, diag
+            )
+            self.root, self._keys = build_tree(self.source, raw_entries, self.file_objects, diag)
         except BaseException:
             self.source.close()
             raise
@@ -322,750 +331,6 @@ class HyperVStorage:
         """The whole tree as nested dicts (see :meth:`Key.as_dict`)."""
         return self.root.as_dict(arrays)
 
-    # --- loading ----------------------------------------------------------------------
-    def _load(self) -> None:
-        if self.source.file_size == 0:
-            raise NotAContainerError("the file is empty", structure="file header", offset=0)
-        self.header, self.header_copies_valid = self._read_headers()
-        self.replay_log = self._read_replay_log()
-        self.object_entries = self._walk_object_tables()
-        self.file_objects = {
-            entry.file_offset: entry
-            for entry in self.object_entries
-            if entry.type == S.OBJECT_TYPE_FILE
-        }
-        raw_entries, self.key_table_info = self._read_key_tables()
-        self.root, self._keys = self._build_tree(raw_entries)
-
-    def _warn(
-        self,
-        kind: str,
-        structure: str,
-        message: str,
-        offset: Optional[int] = None,
-        key_path: Optional[str] = None,
-    ) -> None:
-        if self.strict:
-            raise _WARNING_EXCEPTIONS.get(kind, VmrsFormatError)(
-                message, structure=structure, offset=offset, key_path=key_path
-            )
-        self.warnings.append(IntegrityWarning(kind, structure, message, offset, key_path))
-
-    def _read_headers(self) -> Tuple[FileHeader, Tuple[bool, bool]]:
-        candidates = []
-        problems = []
-        for offset in S.FILE_HEADER_OFFSETS:
-            raw = self.source.read(offset, S.FILE_HEADER.size)
-            if len(raw) < S.FILE_HEADER.size:
-                problems.append((offset, "copy is truncated"))
-                continue
-            fields = S.FILE_HEADER.unpack(raw, where=offset)
-            if fields.signature != S.FILE_HEADER_SIGNATURE:
-                problems.append((offset, f"bad signature {fields.signature:#010x}"))
-                continue
-            expected = S.crc32_with_zeroed_field(raw, S.FILE_HEADER.offset_of("checksum"))
-            if expected != fields.checksum:
-                problems.append(
-                    (offset, f"checksum {fields.checksum:#010x} != computed {expected:#010x}")
-                )
-                continue
-            candidates.append((offset, fields))
-        valid = tuple(
-            any(offset == candidate for candidate, _ in candidates)
-            for offset in S.FILE_HEADER_OFFSETS
-        )
-        if not candidates:
-            raise NotAContainerError(
-                "no valid HyperVStorage header ("
-                + "; ".join(f"copy at {where:#x}: {text}" for where, text in problems)
-                + ")",
-                structure="file header",
-                offset=0,
-            )
-        for where, text in problems:
-            # One good copy is enough to read the file, but the analyst should know.
-            self._warn("checksum", "file header", text, offset=where)
-        offset, fields = max(candidates, key=lambda item: item[1].sequence)
-        if len(candidates) == 2 and candidates[0][1].sequence == candidates[1][1].sequence:
-            self._warn(
-                "header",
-                "file header",
-                f"both copies have sequence {fields.sequence}; using the copy at {offset:#x}",
-            )
-        if fields.format_version != S.SUPPORTED_FORMAT_VERSION:
-            raise UnsupportedVersionError(
-                f"unsupported format version {fields.format_version:#06x} "
-                f"(only {S.SUPPORTED_FORMAT_VERSION:#06x} is known)",
-                structure="file header",
-                offset=offset,
-            )
-        alignment = fields.data_alignment
-        if not MIN_ALIGNMENT <= alignment <= MAX_ALIGNMENT or alignment & (alignment - 1):
-            raise VmrsFormatError(
-                f"data alignment {alignment:#x} outside {MIN_ALIGNMENT:#x}..{MAX_ALIGNMENT:#x}",
-                structure="file header",
-                offset=offset,
-            )
-        header = FileHeader(
-            offset=offset,
-            sequence=fields.sequence,
-            format_version=fields.format_version,
-            data_version=fields.data_version,
-            flags=fields.flags,
-            data_alignment=alignment,
-            replay_log_offset=fields.replay_log_offset,
-            replay_log_size=fields.replay_log_size,
-            replay_log_header_size=fields.replay_log_header_size,
-        )
-        return header, (valid[0], valid[1])
-
-    def _read_replay_log(self) -> ReplayLogStatus:
-        header = self.header
-        log_offset = header.replay_log_offset
-        status = ReplayLogStatus(offset=log_offset, size=header.replay_log_size)
-        structure = "replay log header"
-        if log_offset == 0 and header.replay_log_size == 0:
-            self._warn("replay-log", structure, "the header declares no replay log")
-            return status
-        if log_offset > self.source.file_size or log_offset < 0x2000:
-            self._warn(
-                "replay-log",
-                structure,
-                f"declared at {log_offset:#x}, outside the file (size {self.source.file_size:#x})",
-                offset=log_offset,
-            )
-            return status
-        status.past_end_of_file = log_offset + header.replay_log_size > self.source.file_size
-        # The declared log region may run past the end of file (seen in real files):
-        # the missing bytes read as zeros.
-        raw = self.source.read_zero_padded(log_offset, S.REPLAY_LOG_HEADER.size)
-        fields = S.REPLAY_LOG_HEADER.unpack(raw, where=log_offset)
-        if fields.signature != S.REPLAY_LOG_SIGNATURE:
-            self._warn(
-                "replay-log",
-                structure,
-                f"bad signature {fields.signature:#010x}; log ignored",
-                offset=log_offset,
-            )
-            return status
-        expected = S.crc32_with_zeroed_field(raw, S.REPLAY_LOG_HEADER.offset_of("checksum"))
-        if expected != fields.checksum:
-            if fields.current_entries:
-                raise ReplayLogError(
-                    f"log header checksum {fields.checksum:#010x} != computed {expected:#010x} "
-                    f"while it claims {fields.current_entries} pending entries: the last "
-                    "save may be incomplete and cannot be replayed safely",
-                    structure=structure,
-                    offset=log_offset,
-                )
-            self._warn(
-                "checksum",
-                structure,
-                f"checksum {fields.checksum:#010x} != computed {expected:#010x}; log ignored",
-                offset=log_offset,
-            )
-            return status
-        status.valid = True
-        status.pending_entries = fields.current_entries
-        status.max_entries = fields.max_entries
-        if fields.current_entries:
-            self._apply_replay_log(fields.current_entries, status)
-        return status
-
-    def _apply_replay_log(self, count: int, status: ReplayLogStatus) -> None:
-        header = self.header
-        log_offset = header.replay_log_offset
-        header_size = header.replay_log_header_size
-        capacity = max(0, (header_size - S.REPLAY_LOG_HEADER.size) // S.REPLAY_LOG_ENTRY.size)
-        if count > capacity:
-            raise ReplayLogError(
-                f"{count} pending entries do not fit in a log header of {header_size:#x} bytes "
-                f"(at most {capacity})",
-                structure="replay log header",
-                offset=log_offset,
-            )
-        patches = []
-        overlay_size = self.source.file_size
-        for index in range(count):
-            entry_offset = log_offset + S.REPLAY_LOG_HEADER.size + index * S.REPLAY_LOG_ENTRY.size
-            structure = f"replay log entry {index}"
-            raw = self.source.read_zero_padded(entry_offset, S.REPLAY_LOG_ENTRY.size)
-            entry = S.REPLAY_LOG_ENTRY.unpack(raw, where=entry_offset)
-            expected = S.crc32_with_zeroed_field(raw, S.REPLAY_LOG_ENTRY.offset_of("checksum"))
-            if expected != entry.checksum:
-                raise ReplayLogError(
-                    f"pending entry checksum {entry.checksum:#010x} != computed {expected:#010x}",
-                    structure=structure,
-                    offset=entry_offset,
-                )
-            data_start = entry.data_offset
-            if data_start + entry.length > header.replay_log_size or data_start < header_size:
-                raise ReplayLogError(
-                    f"data at log offset {data_start:#x} (+{entry.length:#x}) lies outside the "
-                    f"log data area {header_size:#x}..{header.replay_log_size:#x}",
-                    structure=structure,
-                    offset=entry_offset,
-                )
-            if entry.destination_offset < 0x2000:
-                raise ReplayLogError(
-                    f"destination {entry.destination_offset:#x} would overwrite the file headers",
-                    structure=structure,
-                    offset=entry_offset,
-                )
-            if log_offset + data_start + entry.length > self.source.file_size:
-                # A torn save: the data of a pending entry never reached the file. (Also
-                # keeps a u32 length from allocating gigabytes of zero padding.)
-                raise ReplayLogError(
-                    f"pending data at log offset {data_start:#x} (+{entry.length:#x}) runs past "
-                    f"the end of the file ({self.source.file_size:#x})",
-                    structure=structure,
-                    offset=entry_offset,
-                )
-            if entry.destination_offset > overlay_size:
-                # A write far past the end would make the overlay a huge sparse file whose
-                # zeros any value could then be read from.
-                raise ReplayLogError(
-                    f"destination {entry.destination_offset:#x} lies beyond the end of the "
-                    f"file ({overlay_size:#x} after the earlier entries)",
-                    structure=structure,
-                    offset=entry_offset,
-                )
-            overlay_size = max(overlay_size, entry.destination_offset + entry.length)
-            data = self.source.read_exact(log_offset + data_start, entry.length, structure)
-            if S.crc32(data) != entry.data_checksum:
-                raise ReplayLogError(
-                    f"pending data checksum {entry.data_checksum:#010x} != computed "
-                    f"{S.crc32(data):#010x}",
-                    structure=structure,
-                    offset=log_offset + data_start,
-                )
-            patches.append((entry.destination_offset, data))
-        # Only once every entry checked out: a partial replay would be worse than none.
-        for destination, data in patches:
-            self.source.apply_patch(destination, data)
-        status.applied_entries = count
-        self._warn(
-            "replay-log",
-            "replay log",
-            f"{count} pending entries applied in memory (the file itself is not modified)",
-            offset=log_offset,
-        )
-
-    def _walk_object_tables(self) -> List[ObjectEntry]:
-        entries: List[ObjectEntry] = []
-        pending = [S.ROOT_OBJECT_TABLE_OFFSET]
-        visited = set()
-        regions = _Regions()
-        while pending:
-            table_offset = pending.pop(0)
-            if table_offset in visited:
-                self._warn(
-                    "object-table",
-                    "object table",
-                    "chain points back to a table already read (loop); chain ends here",
-                    offset=table_offset,
-                )
-                continue
-            visited.add(table_offset)
-            structure = "object table"
-            raw_header = self.source.read_exact(table_offset, S.OBJECT_TABLE_HEADER.size, structure)
-            header = S.OBJECT_TABLE_HEADER.unpack(raw_header, where=table_offset)
-            if header.signature != S.OBJECT_TABLE_SIGNATURE:
-                error = SignatureError(
-                    f"signature {header.signature:#010x}, expected "
-                    f"{S.OBJECT_TABLE_SIGNATURE:#010x}",
-                    structure=structure,
-                    offset=table_offset,
-                )
-                if table_offset == S.ROOT_OBJECT_TABLE_OFFSET:
-                    raise error
-                self._warn("signature", structure, error.detail + "; table skipped", table_offset)
-                continue
-            available = (self.source.size - table_offset - S.OBJECT_TABLE_HEADER.size) // (
-                S.OBJECT_ENTRY.size
-            )
-            count = header.entry_count
-            capacity = (self.header.data_alignment - S.OBJECT_TABLE_HEADER.size) // (
-                S.OBJECT_ENTRY.size
-            )
-            if count > capacity:
-                # entry_count is the capacity of a table that fills one alignment unit
-                # (227 slots at 0x1000); larger tables chain. A bigger count would make
-                # every byte to the end of the file a slot (and a checksum warning).
-                self._warn(
-                    "truncated",
-                    structure,
-                    f"declares {count} entries, more than the {capacity} slots a table of "
-                    f"{self.header.data_alignment:#x} bytes holds; reading those",
-                    offset=table_offset,
-                )
-                count = capacity
-            if count > available:
-                self._warn(
-                    "truncated",
-                    structure,
-                    f"declares {count} entries, the file holds only {available}; reading those",
-                    offset=table_offset,
-                )
-                count = available
-            slots_start = table_offset + S.OBJECT_TABLE_HEADER.size
-            room = regions.room(slots_start, count * S.OBJECT_ENTRY.size)
-            if room < count * S.OBJECT_ENTRY.size:
-                # Tables that overlap would have their slots read again and again:
-                # many chained tables each claiming the rest of the file is quadratic.
-                self._warn(
-                    "object-table",
-                    structure,
-                    f"{count} entries would overlap another object table; reading "
-                    f"{room // S.OBJECT_ENTRY.size}",
-                    offset=table_offset,
-                )
-                count = room // S.OBJECT_ENTRY.size
-            regions.claim(slots_start, count * S.OBJECT_ENTRY.size)
-            raw = self.source.read_exact(
-                table_offset + S.OBJECT_TABLE_HEADER.size, count * S.OBJECT_ENTRY.size, structure
-            )
-            checksum_at = S.OBJECT_ENTRY.offset_of("checksum")
-            for index in range(count):
-                slot = index * S.OBJECT_ENTRY.size
-                slot_offset = table_offset + S.OBJECT_TABLE_HEADER.size + slot
-                chunk = raw[slot : slot + S.OBJECT_ENTRY.size]
-                fields = S.OBJECT_ENTRY.unpack(chunk, where=slot_offset)
-                expected = S.crc32_with_zeroed_field(chunk, checksum_at)
-                if expected != fields.checksum:
-                    self._warn(
-                        "checksum",
-                        "object table entry",
-                        f"slot {index}: checksum {fields.checksum:#010x} != computed "
-                        f"{expected:#010x}",
-                        offset=slot_offset,
-                    )
-                if fields.type == S.OBJECT_TYPE_EMPTY:
-                    continue
-                # The flags byte is deliberately ignored: openvmm writes 0 on file
-                # objects and Microsoft's DLL accepts them (§3).
-                entry = ObjectEntry(
-                    fields.type, fields.file_offset, fields.size, fields.flags, slot_offset
-                )
-                if fields.type == S.OBJECT_TYPE_OBJECT_TABLE:
-                    pending.append(fields.file_offset)
-                elif fields.type not in S.OBJECT_TYPE_NAMES:
-                    self._warn(
-                        "object-table",
-                        "object table entry",
-                        f"slot {index}: unknown object type {fields.type}",
-                        offset=slot_offset,
-                    )
-                entries.append(entry)
-        return entries
-
-    def _read_key_tables(self) -> Tuple[List[_RawEntry], Dict[int, Tuple[int, int]]]:
-        """Read every key table; keep the newest table per index (largest sequence)."""
-        tables: Dict[int, Tuple[int, int, bytes]] = {}
-        regions = _Regions()
-        for entry in self.object_entries:
-            if entry.type != S.OBJECT_TYPE_KEY_TABLE:
-                continue
-            structure = "key table"
-            if not S.KEY_TABLE_HEADER.size <= entry.size <= MAX_KEY_TABLE_SIZE:
-                self._warn(
-                    "truncated",
-                    structure,
-                    f"object size {entry.size:#x} is not a plausible key table; skipped",
-                    offset=entry.file_offset,
-                )
-                continue
-            if entry.file_offset + entry.size > self.source.size:
-                self._warn(
-                    "truncated",
-                    structure,
-                    f"table of {entry.size:#x} bytes runs past the end of the file "
-                    f"({self.source.size:#x}); skipped",
-                    offset=entry.file_offset,
-                )
-                continue
-            if not regions.claim(entry.file_offset, entry.size):
-                # Without this, N object entries naming one big table make N full reads
-                # and parses of it: quadratic work from a small object table.
-                self._warn(
-                    "object-table",
-                    structure,
-                    "overlaps a key table already read; skipped",
-                    offset=entry.file_offset,
-                )
-                continue
-            raw = self.source.read_exact(entry.file_offset, entry.size, structure)
-            header = S.KEY_TABLE_HEADER.unpack(raw, where=entry.file_offset)
-            if header.signature != S.KEY_TABLE_SIGNATURE:
-                self._warn(
-                    "signature",
-                    structure,
-                    f"signature {header.signature:#06x}, expected {S.KEY_TABLE_SIGNATURE:#06x}; "
-                    "skipped",
-                    offset=entry.file_offset,
-                )
-                continue
-            expected = S.crc32_with_zeroed_field(
-                raw[: S.KEY_TABLE_HEADER.size], S.KEY_TABLE_HEADER.offset_of("checksum")
-            )
-            if expected != header.checksum:
-                self._warn(
-                    "checksum",
-                    structure,
-                    f"table {header.table_index}: header checksum {header.checksum:#010x} != "
-                    f"computed {expected:#010x}",
-                    offset=entry.file_offset,
-                )
-            if header.table_index == 0:
-                self._warn(
-                    "key-tree",
-                    structure,
-                    "table index 0 is reserved for the root; skipped",
-                    offset=entry.file_offset,
-                )
-                continue
-            previous = tables.get(header.table_index)
-            if previous is not None:
-                keep_new = header.sequence > previous[1]
-                self._warn(
-                    "key-tree",
-                    structure,
-                    f"two tables with index {header.table_index} (sequences {previous[1]} and "
-                    f"{header.sequence}); keeping the newer one",
-                    offset=entry.file_offset,
-                )
-                if not keep_new:
-                    continue
-            tables[header.table_index] = (entry.file_offset, header.sequence, raw)
-        raw_entries: List[_RawEntry] = []
-        info: Dict[int, Tuple[int, int]] = {}
-        for index in sorted(tables):
-            file_offset, sequence, raw = tables[index]
-            info[index] = (file_offset, sequence)
-            raw_entries.extend(self._parse_key_table(index, file_offset, raw))
-        return raw_entries, info
-
-    def _parse_key_table(self, index: int, table_offset: int, raw: bytes) -> Iterator[_RawEntry]:
-        offset = S.KEY_TABLE_HEADER.size
-        end = len(raw)
-        # Microsoft's walk: an entry needs more than its 21-byte header before the end.
-        while offset + S.KEY_ENTRY_HEADER.size < end:
-            where = table_offset + offset
-            header = S.KEY_ENTRY_HEADER.unpack(raw, offset, where=where)
-            if header.size == 0:
-                self._warn(
-                    "key-tree",
-                    "key entry",
-                    f"table {index}: entry size 0 at table offset {offset:#x}; rest of the "
-                    "table ignored",
-                    offset=where,
-                )
-                return
-            if header.size < S.KEY_ENTRY_HEADER.size or offset + header.size > end:
-                self._warn(
-                    "truncated",
-                    "key entry",
-                    f"table {index}: entry of size {header.size:#x} at table offset "
-                    f"{offset:#x} does not fit in the table ({end:#x}); rest ignored",
-                    offset=where,
-                )
-                return
-            entry = self._parse_key_entry(index, table_offset, raw, offset, header)
-            if entry is not None:
-                yield entry
-            offset += header.size
-
-    def _parse_key_entry(
-        self, index: int, table_offset: int, raw: bytes, offset: int, header: Any
-    ) -> Optional[_RawEntry]:
-        where = table_offset + offset
-        entry_end = offset + header.size
-        if header.type == KeyType.FREE:
-            return None
-        if header.type not in (
-            KeyType.INT,
-            KeyType.UINT,
-            KeyType.DOUBLE,
-            KeyType.STRING,
-            KeyType.ARRAY,
-            KeyType.BOOL,
-            KeyType.NODE,
-        ):
-            self._warn(
-                "key-tree",
-                "key entry",
-                f"table {index}: unknown key type {header.type}; entry skipped",
-                offset=where,
-            )
-            return None
-        name_start = offset + S.KEY_ENTRY_HEADER.size
-        name_end = name_start + header.name_size
-        if header.name_size == 0 or name_end > entry_end:
-            self._warn(
-                "truncated",
-                "key entry",
-                f"table {index}: name of {header.name_size} bytes does not fit the entry",
-                offset=where,
-            )
-            return None
-        raw_name = raw[name_start : name_end - 1]
-        if raw[name_end - 1] != 0:
-            self._warn("key-tree", "key entry", "name is not NUL-terminated", offset=where)
-            raw_name = raw[name_start:name_end]
-        try:
-            name = raw_name.decode("utf-8")
-        except UnicodeDecodeError:
-            name = raw_name.decode("utf-8", "backslashreplace")
-            self._warn("key-tree", "key entry", f"name {name!r} is not valid UTF-8", where)
-        if not name or "/" in name:
-            self._warn("key-tree", "key entry", f"unusable key name {name!r}; skipped", where)
-            return None
-        # Size of the stored value (what the checksum covers) and where its payload is.
-        if header.flags & S.KEY_FLAG_FILE_OBJECT:
-            stored = S.FILE_OBJECT_POINTER.size
-        elif header.type in _FIXED_VALUE_SIZE:
-            stored = _FIXED_VALUE_SIZE[KeyType(header.type)]
-        else:
-            if name_end + 4 > entry_end:
-                stored = 4
-            else:
-                stored = 4 + struct.unpack_from("<I", raw, name_end)[0]
-        if name_end + stored > entry_end:
-            self._warn(
-                "truncated",
-                "key entry",
-                f"table {index}: value of {stored:#x} bytes runs past the entry "
-                f"(size {header.size:#x}); entry skipped",
-                offset=where,
-            )
-            return None
-        checksum_at = offset + S.KEY_ENTRY_HEADER.offset_of("checksum")
-        expected = S.crc32(
-            raw[offset:checksum_at] + b"\0\0\0\0" + raw[checksum_at + 4 : name_end + stored]
-        )
-        if expected != header.checksum:
-            self._warn(
-                "checksum",
-                "key entry",
-                f"table {index}: entry {name!r} checksum {header.checksum:#010x} != computed "
-                f"{expected:#010x}",
-                offset=where,
-            )
-        if header.flags & S.KEY_FLAG_FILE_OBJECT:
-            pointer = S.FILE_OBJECT_POINTER.unpack(raw, name_end, where=table_offset + name_end)
-            value_offset, value_size = pointer.file_offset, pointer.value_length
-        elif header.type in (KeyType.STRING, KeyType.ARRAY):
-            value_offset, value_size = table_offset + name_end + 4, stored - 4
-        else:
-            value_offset, value_size = table_offset + name_end, stored
-        return _RawEntry(index, offset, where, header, name, value_offset, value_size)
-
-    def _build_tree(self, raw_entries: List[_RawEntry]) -> Tuple[Key, Dict[str, Key]]:
-        """Link entries to parents by (table, offset), then give paths top down.
-
-        Parents are resolved only after every table is read because a child may live in
-        another key table than its parent (§4.2).
-        """
-        by_location = {(entry.table_index, entry.offset): entry for entry in raw_entries}
-        root_location = (0, 0)
-        # reachable[location] is True when the parent chain ends at the root.
-        reachable: Dict[Tuple[int, int], bool] = {root_location: True}
-        for entry in raw_entries:
-            chain: List[Tuple[int, int]] = []
-            on_chain = set()
-            location = (entry.table_index, entry.offset)
-            verdict: Optional[bool] = None
-            while verdict is None:
-                if location in reachable:
-                    verdict = reachable[location]
-                    break
-                if location in on_chain:
-                    self._warn(
-                        "key-tree",
-                        "key entry",
-                        f"parent chain of {by_location[location].name!r} loops back to itself "
-                        f"(table {location[0]}, offset {location[1]:#x}); those keys are dropped",
-                        offset=by_location[location].file_offset,
-                    )
-                    verdict = False
-                    break
-                raw = by_location.get(location)
-                if raw is None:
-                    child = by_location[chain[-1]]
-                    self._warn(
-                        "key-tree",
-                        "key entry",
-                        f"{child.name!r} names a parent at table {location[0]}, offset "
-                        f"{location[1]:#x}, where no key entry starts; it is dropped",
-                        offset=child.file_offset,
-                    )
-                    verdict = False
-                    break
-                chain.append(location)
-                on_chain.add(location)
-                location = self._parent_location(raw)
-                parent = by_location.get(location)
-                if parent is not None and parent.header.type != KeyType.NODE:
-                    self._warn(
-                        "key-tree",
-                        "key entry",
-                        f"{raw.name!r} has parent {parent.name!r}, which is not a node; dropped",
-                        offset=raw.file_offset,
-                    )
-                    verdict = False
-                    break
-            for item in chain:
-                reachable[item] = verdict
-
-        children: Dict[Tuple[int, int], List[_RawEntry]] = {}
-        for entry in raw_entries:
-            if reachable.get((entry.table_index, entry.offset)):
-                children.setdefault(self._parent_location(entry), []).append(entry)
-
-        root = Key(
-            storage=self,
-            path="/",
-            name="",
-            type=KeyType.NODE,
-            flags=0,
-            table_index=0,
-            entry_offset=0,
-            file_offset=0,
-            insertion_sequence=0,
-            value_offset=0,
-            size=0,
-        )
-        keys: Dict[str, Key] = {"/": root}
-        queue = [(root_location, root, 0)]
-        path_chars = 0
-        while queue:
-            location, parent_key, depth = queue.pop()
-            if depth >= MAX_KEY_DEPTH and children.get(location):
-                self._warn(
-                    "key-tree",
-                    "key entry",
-                    f"keys nested deeper than {MAX_KEY_DEPTH} levels; "
-                    f"{len(children[location])} children and their subtrees dropped",
-                    offset=parent_key.file_offset,
-                    key_path=parent_key.path,
-                )
-                continue
-            siblings = children.get(location, [])
-            siblings.sort(
-                key=lambda item: (item.header.insertion_sequence, item.table_index, item.offset)
-            )
-            seen_names: Dict[str, int] = {}
-            for raw in siblings:
-                # Several siblings may share a name: that is how the container stores
-                # arrays of nodes (e.g. .../metrics/devicetype). The first keeps the plain
-                # name, later ones get "[n]" so every path stays unique.
-                occurrence = seen_names.get(raw.name, 0)
-                seen_names[raw.name] = occurrence + 1
-                label = raw.name if occurrence == 0 else f"{raw.name}[{occurrence}]"
-                path = parent_key.path.rstrip("/") + "/" + label
-                if occurrence and raw.header.type != KeyType.NODE:
-                    self._warn(
-                        "key-tree",
-                        "key entry",
-                        f"value key name repeated under the same parent; kept as {label}",
-                        offset=raw.file_offset,
-                        key_path=path,
-                    )
-                key = Key(
-                    storage=self,
-                    path=path,
-                    name=raw.name,
-                    type=KeyType(raw.header.type),
-                    flags=raw.header.flags,
-                    table_index=raw.table_index,
-                    entry_offset=raw.offset,
-                    file_offset=raw.file_offset,
-                    insertion_sequence=raw.header.insertion_sequence,
-                    value_offset=raw.value_offset,
-                    size=raw.value_size,
-                    parent=parent_key,
-                )
-                parent_key.children.append(key)
-                keys[path] = key
-                path_chars += len(path)
-                if path_chars > MAX_TOTAL_PATH_CHARS:
-                    raise KeyTreeError(
-                        f"key paths add up to more than {MAX_TOTAL_PATH_CHARS:#x} characters: "
-                        "not a plausible key tree",
-                        structure="key entry",
-                        offset=raw.file_offset,
-                        key_path=path[:200],
-                    )
-                self._check_file_object(key)
-                if key.is_node:
-                    queue.append(((raw.table_index, raw.offset), key, depth + 1))
-        return root, keys
-
-    @staticmethod
-    def _parent_location(entry: _RawEntry) -> Tuple[int, int]:
-        table, offset = entry.header.parent_table, entry.header.parent_offset
-        # Table index 0 is the root sentinel whatever the offset says.
-        return (0, 0) if table == 0 else (table, offset)
-
-    def _check_file_object(self, key: Key) -> None:
-        if not key.is_file_object:
-            return
-        obj = self.file_objects.get(key.value_offset)
-        if key.value_offset + key.size > self.source.size:
-            self._warn(
-                "truncated",
-                "file object",
-                f"value of {key.size:#x} bytes at {key.value_offset:#x} runs past the end of "
-                f"the file ({self.source.size:#x})",
-                offset=key.value_offset,
-                key_path=key.path,
-            )
-        elif obj is None:
-            self._warn(
-                "object-table",
-                "file object",
-                "the object tables list no file object at this offset",
-                offset=key.value_offset,
-                key_path=key.path,
-            )
-        elif key.size > obj.size:
-            self._warn(
-                "truncated",
-                "file object",
-                f"key declares {key.size:#x} bytes but the object holds {obj.size:#x}",
-                offset=key.value_offset,
-                key_path=key.path,
-            )
-
-    # --- values -----------------------------------------------------------------------
-    def decode_value(self, key: Key) -> Any:
-        if key.type == KeyType.NODE:
-            return key.as_dict()
-        data = key.read()
-        if key.type in _SCALAR_FORMATS:
-            code = _SCALAR_FORMATS[key.type]
-            if len(data) < struct.calcsize(code):
-                raise TruncatedError(
-                    f"{key.type.name} value of only {len(data)} bytes",
-                    structure="key value",
-                    offset=key.value_offset,
-                    key_path=key.path,
-                )
-            value = struct.unpack_from(code, data)[0]
-            return value != 0 if key.type == KeyType.BOOL else value
-        if key.type == KeyType.STRING:
-            if len(data) % 2:
-                raise VmrsFormatError(
-                    f"UTF-16 string of odd length {len(data)}",
-                    structure="key value",
-                    offset=key.value_offset,
-                    key_path=key.path,
-                )
-            text = data.decode("utf-16-le", "surrogatepass")
-            # openvmm's writer appends a NUL, Hyper-V's does not (§4.3): accept both.
-            return text[:-1] if text.endswith("\0") else text
-        return data
-
     @staticmethod
     def _normalise(path: str) -> str:
         parts = [part for part in path.split("/") if part]
@@ -1075,3 +340,805 @@ class HyperVStorage:
 def open_storage(source: PathOrFile, *, strict: bool = False) -> HyperVStorage:
     """Open a ``.vmrs`` / ``.vmcx`` container read-only."""
     return HyperVStorage(source, strict=strict)
+
+
+# --- loading ----------------------------------------------------------------------
+def read_headers(source: ReadOnlySource, diag: Diagnostics) -> Tuple[FileHeader, Tuple[bool, bool]]:
+    """Stage 1: both header copies; the valid one with the higher sequence wins (§2)."""
+    candidates = []
+    problems = []
+    for offset in S.FILE_HEADER_OFFSETS:
+        raw = source.read(offset, S.FILE_HEADER.size)
+        if len(raw) < S.FILE_HEADER.size:
+            problems.append((offset, "copy is truncated"))
+            continue
+        fields = S.FILE_HEADER.unpack(raw, where=offset)
+        if fields.signature != S.FILE_HEADER_SIGNATURE:
+            problems.append((offset, f"bad signature {fields.signature:#010x}"))
+            continue
+        expected = S.crc32_with_zeroed_field(raw, S.FILE_HEADER.offset_of("checksum"))
+        if expected != fields.checksum:
+            problems.append(
+                (offset, f"checksum {fields.checksum:#010x} != computed {expected:#010x}")
+            )
+            continue
+        candidates.append((offset, fields))
+    valid = tuple(
+        any(offset == candidate for candidate, _ in candidates) for offset in S.FILE_HEADER_OFFSETS
+    )
+    if not candidates:
+        raise NotAContainerError(
+            "no valid HyperVStorage header ("
+            + "; ".join(f"copy at {where:#x}: {text}" for where, text in problems)
+            + ")",
+            structure="file header",
+            offset=0,
+        )
+    for where, text in problems:
+        # One good copy is enough to read the file, but the analyst should know.
+        diag.warn(Kind.CHECKSUM, "file header", text, offset=where)
+    offset, fields = max(candidates, key=lambda item: item[1].sequence)
+    if len(candidates) == 2 and candidates[0][1].sequence == candidates[1][1].sequence:
+        diag.warn(
+            Kind.HEADER,
+            "file header",
+            f"both copies have sequence {fields.sequence}; using the copy at {offset:#x}",
+        )
+    if fields.format_version != S.SUPPORTED_FORMAT_VERSION:
+        raise UnsupportedVersionError(
+            f"unsupported format version {fields.format_version:#06x} "
+            f"(only {S.SUPPORTED_FORMAT_VERSION:#06x} is known)",
+            structure="file header",
+            offset=offset,
+        )
+    alignment = fields.data_alignment
+    if not MIN_ALIGNMENT <= alignment <= MAX_ALIGNMENT or alignment & (alignment - 1):
+        raise VmrsFormatError(
+            f"data alignment {alignment:#x} outside {MIN_ALIGNMENT:#x}..{MAX_ALIGNMENT:#x}",
+            structure="file header",
+            offset=offset,
+        )
+    header = FileHeader(
+        offset=offset,
+        sequence=fields.sequence,
+        format_version=fields.format_version,
+        data_version=fields.data_version,
+        flags=fields.flags,
+        data_alignment=alignment,
+        replay_log_offset=fields.replay_log_offset,
+        replay_log_size=fields.replay_log_size,
+        replay_log_header_size=fields.replay_log_header_size,
+    )
+    return header, (valid[0], valid[1])
+
+
+def read_replay_log(
+    source: ReadOnlySource, header: FileHeader, diag: Diagnostics
+) -> ReplayLogStatus:
+    """Stage 2: the replay log; pending entries are applied to the in-memory overlay (§6)."""
+    log_offset = header.replay_log_offset
+    status = ReplayLogStatus(offset=log_offset, size=header.replay_log_size)
+    structure = "replay log header"
+    if log_offset == 0 and header.replay_log_size == 0:
+        diag.warn(Kind.REPLAY_LOG, structure, "the header declares no replay log")
+        return status
+    if log_offset > source.file_size or log_offset < 0x2000:
+        diag.warn(
+            Kind.REPLAY_LOG,
+            structure,
+            f"declared at {log_offset:#x}, outside the file (size {source.file_size:#x})",
+            offset=log_offset,
+        )
+        return status
+    status = replace(
+        status, past_end_of_file=log_offset + header.replay_log_size > source.file_size
+    )
+    # The declared log region may run past the end of file (seen in real files):
+    # the missing bytes read as zeros.
+    raw = source.read_zero_padded(log_offset, S.REPLAY_LOG_HEADER.size)
+    fields = S.REPLAY_LOG_HEADER.unpack(raw, where=log_offset)
+    if fields.signature != S.REPLAY_LOG_SIGNATURE:
+        diag.warn(
+            Kind.REPLAY_LOG,
+            structure,
+            f"bad signature {fields.signature:#010x}; log ignored",
+            offset=log_offset,
+        )
+        return status
+    expected = S.crc32_with_zeroed_field(raw, S.REPLAY_LOG_HEADER.offset_of("checksum"))
+    if expected != fields.checksum:
+        if fields.current_entries:
+            raise ReplayLogError(
+                f"log header checksum {fields.checksum:#010x} != computed {expected:#010x} "
+                f"while it claims {fields.current_entries} pending entries: the last "
+                "save may be incomplete and cannot be replayed safely",
+                structure=structure,
+                offset=log_offset,
+            )
+        diag.warn(
+            Kind.CHECKSUM,
+            structure,
+            f"checksum {fields.checksum:#010x} != computed {expected:#010x}; log ignored",
+            offset=log_offset,
+        )
+        return status
+    status = replace(
+        status,
+        valid=True,
+        pending_entries=fields.current_entries,
+        max_entries=fields.max_entries,
+    )
+    if fields.current_entries:
+        status = _apply_replay_log(source, header, fields.current_entries, status, diag)
+    return status
+
+
+def _apply_replay_log(
+    source: ReadOnlySource,
+    header: FileHeader,
+    count: int,
+    status: ReplayLogStatus,
+    diag: Diagnostics,
+) -> ReplayLogStatus:
+    log_offset = header.replay_log_offset
+    header_size = header.replay_log_header_size
+    capacity = max(0, (header_size - S.REPLAY_LOG_HEADER.size) // S.REPLAY_LOG_ENTRY.size)
+    if count > capacity:
+        raise ReplayLogError(
+            f"{count} pending entries do not fit in a log header of {header_size:#x} bytes "
+            f"(at most {capacity})",
+            structure="replay log header",
+            offset=log_offset,
+        )
+    patches = []
+    overlay_size = source.file_size
+    for index in range(count):
+        entry_offset = log_offset + S.REPLAY_LOG_HEADER.size + index * S.REPLAY_LOG_ENTRY.size
+        structure = f"replay log entry {index}"
+        raw = source.read_zero_padded(entry_offset, S.REPLAY_LOG_ENTRY.size)
+        entry = S.REPLAY_LOG_ENTRY.unpack(raw, where=entry_offset)
+        expected = S.crc32_with_zeroed_field(raw, S.REPLAY_LOG_ENTRY.offset_of("checksum"))
+        if expected != entry.checksum:
+            raise ReplayLogError(
+                f"pending entry checksum {entry.checksum:#010x} != computed {expected:#010x}",
+                structure=structure,
+                offset=entry_offset,
+            )
+        data_start = entry.data_offset
+        if data_start + entry.length > header.replay_log_size or data_start < header_size:
+            raise ReplayLogError(
+                f"data at log offset {data_start:#x} (+{entry.length:#x}) lies outside the "
+                f"log data area {header_size:#x}..{header.replay_log_size:#x}",
+                structure=structure,
+                offset=entry_offset,
+            )
+        if entry.destination_offset < 0x2000:
+            raise ReplayLogError(
+                f"destination {entry.destination_offset:#x} would overwrite the file headers",
+                structure=structure,
+                offset=entry_offset,
+            )
+        if log_offset + data_start + entry.length > source.file_size:
+            # A torn save: the data of a pending entry never reached the file. (Also
+            # keeps a u32 length from allocating gigabytes of zero padding.)
+            raise ReplayLogError(
+                f"pending data at log offset {data_start:#x} (+{entry.length:#x}) runs past "
+                f"the end of the file ({source.file_size:#x})",
+                structure=structure,
+                offset=entry_offset,
+            )
+        if entry.destination_offset > overlay_size:
+            # A write far past the end would make the overlay a huge sparse file whose
+            # zeros any value could then be read from.
+            raise ReplayLogError(
+                f"destination {entry.destination_offset:#x} lies beyond the end of the "
+                f"file ({overlay_size:#x} after the earlier entries)",
+                structure=structure,
+                offset=entry_offset,
+            )
+        overlay_size = max(overlay_size, entry.destination_offset + entry.length)
+        data = source.read_exact(log_offset + data_start, entry.length, structure)
+        if S.crc32(data) != entry.data_checksum:
+            raise ReplayLogError(
+                f"pending data checksum {entry.data_checksum:#010x} != computed "
+                f"{S.crc32(data):#010x}",
+                structure=structure,
+                offset=log_offset + data_start,
+            )
+        patches.append((entry.destination_offset, data))
+    # Only once every entry checked out: a partial replay would be worse than none.
+    for destination, data in patches:
+        source.apply_patch(destination, data)
+    status = replace(status, applied_entries=count)
+    diag.note(
+        Kind.REPLAY_LOG,
+        "replay log",
+        f"{count} pending entries applied in memory (the file itself is not modified)",
+        offset=log_offset,
+    )
+    return status
+
+
+def walk_object_tables(
+    source: ReadOnlySource, file_header: FileHeader, diag: Diagnostics
+) -> Tuple[ObjectEntry, ...]:
+    """Stage 3: the object-table chain from 0x2000, loops and overlaps cut (§3)."""
+    entries: List[ObjectEntry] = []
+    pending = [S.ROOT_OBJECT_TABLE_OFFSET]
+    visited = set()
+    regions = _Regions()
+    while pending:
+        table_offset = pending.pop(0)
+        if table_offset in visited:
+            diag.warn(
+                Kind.OBJECT_TABLE,
+                "object table",
+                "chain points back to a table already read (loop); chain ends here",
+                offset=table_offset,
+            )
+            continue
+        visited.add(table_offset)
+        structure = "object table"
+        raw_header = source.read_exact(table_offset, S.OBJECT_TABLE_HEADER.size, structure)
+        header = S.OBJECT_TABLE_HEADER.unpack(raw_header, where=table_offset)
+        if header.signature != S.OBJECT_TABLE_SIGNATURE:
+            error = SignatureError(
+                f"signature {header.signature:#010x}, expected {S.OBJECT_TABLE_SIGNATURE:#010x}",
+                structure=structure,
+                offset=table_offset,
+            )
+            if table_offset == S.ROOT_OBJECT_TABLE_OFFSET:
+                raise error
+            diag.warn(
+                Kind.SIGNATURE, structure, error.detail + "; table skipped", offset=table_offset
+            )
+            continue
+        available = (source.size - table_offset - S.OBJECT_TABLE_HEADER.size) // (
+            S.OBJECT_ENTRY.size
+        )
+        count = header.entry_count
+        capacity = (file_header.data_alignment - S.OBJECT_TABLE_HEADER.size) // (
+            S.OBJECT_ENTRY.size
+        )
+        if count > capacity:
+            # entry_count is the capacity of a table that fills one alignment unit
+            # (227 slots at 0x1000); larger tables chain. A bigger count would make
+            # every byte to the end of the file a slot (and a checksum warning).
+            diag.warn(
+                Kind.TRUNCATED,
+                structure,
+                f"declares {count} entries, more than the {capacity} slots a table of "
+                f"{file_header.data_alignment:#x} bytes holds; reading those",
+                offset=table_offset,
+            )
+            count = capacity
+        if count > available:
+            diag.warn(
+                Kind.TRUNCATED,
+                structure,
+                f"declares {count} entries, the file holds only {available}; reading those",
+                offset=table_offset,
+            )
+            count = available
+        slots_start = table_offset + S.OBJECT_TABLE_HEADER.size
+        room = regions.room(slots_start, count * S.OBJECT_ENTRY.size)
+        if room < count * S.OBJECT_ENTRY.size:
+            # Tables that overlap would have their slots read again and again:
+            # many chained tables each claiming the rest of the file is quadratic.
+            diag.warn(
+                Kind.OBJECT_TABLE,
+                structure,
+                f"{count} entries would overlap another object table; reading "
+                f"{room // S.OBJECT_ENTRY.size}",
+                offset=table_offset,
+            )
+            count = room // S.OBJECT_ENTRY.size
+        regions.claim(slots_start, count * S.OBJECT_ENTRY.size)
+        raw = source.read_exact(
+            table_offset + S.OBJECT_TABLE_HEADER.size, count * S.OBJECT_ENTRY.size, structure
+        )
+        checksum_at = S.OBJECT_ENTRY.offset_of("checksum")
+        for index in range(count):
+            slot = index * S.OBJECT_ENTRY.size
+            slot_offset = table_offset + S.OBJECT_TABLE_HEADER.size + slot
+            chunk = raw[slot : slot + S.OBJECT_ENTRY.size]
+            fields = S.OBJECT_ENTRY.unpack(chunk, where=slot_offset)
+            expected = S.crc32_with_zeroed_field(chunk, checksum_at)
+            if expected != fields.checksum:
+                diag.warn(
+                    Kind.CHECKSUM,
+                    "object table entry",
+                    f"slot {index}: checksum {fields.checksum:#010x} != computed {expected:#010x}",
+                    offset=slot_offset,
+                )
+            if fields.type == S.OBJECT_TYPE_EMPTY:
+                continue
+            # The flags byte is deliberately ignored: openvmm writes 0 on file
+            # objects and Microsoft's DLL accepts them (§3).
+            entry = ObjectEntry(
+                fields.type, fields.file_offset, fields.size, fields.flags, slot_offset
+            )
+            if fields.type == S.OBJECT_TYPE_OBJECT_TABLE:
+                pending.append(fields.file_offset)
+            elif fields.type not in S.OBJECT_TYPE_NAMES:
+                diag.warn(
+                    Kind.OBJECT_TABLE,
+                    "object table entry",
+                    f"slot {index}: unknown object type {fields.type}",
+                    offset=slot_offset,
+                )
+            entries.append(entry)
+    return entries
+
+
+@dataclass(frozen=True)
+class Truncation:
+    """Objects the object tables declare beyond the end of the file."""
+
+    key_tables: int
+    file_objects: int
+    file_size: int
+    needed: int
+
+    def describe(self) -> str:
+        parts = []
+        if self.key_tables:
+            parts.append(f"{self.key_tables} key table(s)")
+        if self.file_objects:
+            parts.append(f"{self.file_objects} file object(s)")
+        return (
+            f"truncated: {' and '.join(parts)} lie past the end of the file "
+            f"(size {self.file_size:#x}, needed {self.needed:#x})"
+        )
+
+
+def check_extent(
+    source: ReadOnlySource, object_entries: Sequence[ObjectEntry], diag: Diagnostics
+) -> Optional[Truncation]:
+    """Stage 3b: objects declared past the end of the file mean the file was cut short.
+
+    Said once, as an error, so that what is missing later (keys, memory, processor state)
+    is blamed on the truncation and not taken for a file that never held it.
+    """
+    size = source.file_size
+    beyond = [
+        entry
+        for entry in object_entries
+        if entry.type in (S.OBJECT_TYPE_KEY_TABLE, S.OBJECT_TYPE_FILE)
+        and entry.file_offset + entry.size > size
+    ]
+    if not beyond:
+        return None
+    truncation = Truncation(
+        key_tables=sum(1 for entry in beyond if entry.type == S.OBJECT_TYPE_KEY_TABLE),
+        file_objects=sum(1 for entry in beyond if entry.type == S.OBJECT_TYPE_FILE),
+        file_size=size,
+        needed=max(entry.file_offset + entry.size for entry in beyond),
+    )
+    diag.error(Kind.TRUNCATED, "file", truncation.describe(), offset=size)
+    return truncation
+
+
+def read_key_tables(
+    source: ReadOnlySource, object_entries: Sequence[ObjectEntry], diag: Diagnostics
+) -> Tuple[List[_RawEntry], Dict[int, Tuple[int, int]]]:
+    """Stage 4: every key table; the newest table per index (largest sequence) is kept."""
+    tables: Dict[int, Tuple[int, int, bytes]] = {}
+    regions = _Regions()
+    for entry in object_entries:
+        if entry.type != S.OBJECT_TYPE_KEY_TABLE:
+            continue
+        structure = "key table"
+        if not S.KEY_TABLE_HEADER.size <= entry.size <= MAX_KEY_TABLE_SIZE:
+            diag.warn(
+                Kind.TRUNCATED,
+                structure,
+                f"object size {entry.size:#x} is not a plausible key table; skipped",
+                offset=entry.file_offset,
+            )
+            continue
+        if entry.file_offset + entry.size > source.size:
+            diag.warn(
+                Kind.TRUNCATED,
+                structure,
+                f"table of {entry.size:#x} bytes runs past the end of the file "
+                f"({source.size:#x}); skipped",
+                offset=entry.file_offset,
+            )
+            continue
+        if not regions.claim(entry.file_offset, entry.size):
+            # Without this, N object entries naming one big table make N full reads
+            # and parses of it: quadratic work from a small object table.
+            diag.warn(
+                Kind.OBJECT_TABLE,
+                structure,
+                "overlaps a key table already read; skipped",
+                offset=entry.file_offset,
+            )
+            continue
+        raw = source.read_exact(entry.file_offset, entry.size, structure)
+        header = S.KEY_TABLE_HEADER.unpack(raw, where=entry.file_offset)
+        if header.signature != S.KEY_TABLE_SIGNATURE:
+            diag.warn(
+                Kind.SIGNATURE,
+                structure,
+                f"signature {header.signature:#06x}, expected {S.KEY_TABLE_SIGNATURE:#06x}; "
+                "skipped",
+                offset=entry.file_offset,
+            )
+            continue
+        expected = S.crc32_with_zeroed_field(
+            raw[: S.KEY_TABLE_HEADER.size], S.KEY_TABLE_HEADER.offset_of("checksum")
+        )
+        if expected != header.checksum:
+            diag.warn(
+                Kind.CHECKSUM,
+                structure,
+                f"table {header.table_index}: header checksum {header.checksum:#010x} != "
+                f"computed {expected:#010x}",
+                offset=entry.file_offset,
+            )
+        if header.table_index == 0:
+            diag.warn(
+                Kind.KEY_TREE,
+                structure,
+                "table index 0 is reserved for the root; skipped",
+                offset=entry.file_offset,
+            )
+            continue
+        previous = tables.get(header.table_index)
+        if previous is not None:
+            keep_new = header.sequence > previous[1]
+            diag.warn(
+                Kind.KEY_TREE,
+                structure,
+                f"two tables with index {header.table_index} (sequences {previous[1]} and "
+                f"{header.sequence}); keeping the newer one",
+                offset=entry.file_offset,
+            )
+            if not keep_new:
+                continue
+        tables[header.table_index] = (entry.file_offset, header.sequence, raw)
+    raw_entries: List[_RawEntry] = []
+    info: Dict[int, Tuple[int, int]] = {}
+    for index in sorted(tables):
+        file_offset, sequence, raw = tables[index]
+        info[index] = (file_offset, sequence)
+        raw_entries.extend(_parse_key_table(diag, index, file_offset, raw))
+    return raw_entries, info
+
+
+def _parse_key_table(
+    diag: Diagnostics, index: int, table_offset: int, raw: bytes
+) -> Iterator[_RawEntry]:
+    offset = S.KEY_TABLE_HEADER.size
+    end = len(raw)
+    # Microsoft's walk: an entry needs more than its 21-byte header before the end.
+    while offset + S.KEY_ENTRY_HEADER.size < end:
+        where = table_offset + offset
+        header = S.KEY_ENTRY_HEADER.unpack(raw, offset, where=where)
+        if header.size == 0:
+            diag.warn(
+                Kind.KEY_TREE,
+                "key entry",
+                f"table {index}: entry size 0 at table offset {offset:#x}; rest of the "
+                "table ignored",
+                offset=where,
+            )
+            return
+        if header.size < S.KEY_ENTRY_HEADER.size or offset + header.size > end:
+            diag.warn(
+                Kind.TRUNCATED,
+                "key entry",
+                f"table {index}: entry of size {header.size:#x} at table offset "
+                f"{offset:#x} does not fit in the table ({end:#x}); rest ignored",
+                offset=where,
+            )
+            return
+        entry = _parse_key_entry(diag, index, table_offset, raw, offset, header)
+        if entry is not None:
+            yield entry
+        offset += header.size
+
+
+def _parse_key_entry(
+    diag: Diagnostics, index: int, table_offset: int, raw: bytes, offset: int, header: Any
+) -> Optional[_RawEntry]:
+    where = table_offset + offset
+    entry_end = offset + header.size
+    if header.type == KeyType.FREE:
+        return None
+    if header.type not in (
+        KeyType.INT,
+        KeyType.UINT,
+        KeyType.DOUBLE,
+        KeyType.STRING,
+        KeyType.ARRAY,
+        KeyType.BOOL,
+        KeyType.NODE,
+    ):
+        diag.warn(
+            Kind.KEY_TREE,
+            "key entry",
+            f"table {index}: unknown key type {header.type}; entry skipped",
+            offset=where,
+        )
+        return None
+    name_start = offset + S.KEY_ENTRY_HEADER.size
+    name_end = name_start + header.name_size
+    if header.name_size == 0 or name_end > entry_end:
+        diag.warn(
+            Kind.TRUNCATED,
+            "key entry",
+            f"table {index}: name of {header.name_size} bytes does not fit the entry",
+            offset=where,
+        )
+        return None
+    raw_name = raw[name_start : name_end - 1]
+    if raw[name_end - 1] != 0:
+        diag.warn(Kind.KEY_TREE, "key entry", "name is not NUL-terminated", offset=where)
+        raw_name = raw[name_start:name_end]
+    try:
+        name = raw_name.decode("utf-8")
+    except UnicodeDecodeError:
+        name = raw_name.decode("utf-8", "backslashreplace")
+        diag.warn(Kind.KEY_TREE, "key entry", f"name {name!r} is not valid UTF-8", offset=where)
+    if not name or "/" in name:
+        diag.warn(Kind.KEY_TREE, "key entry", f"unusable key name {name!r}; skipped", offset=where)
+        return None
+    # Size of the stored value (what the checksum covers) and where its payload is.
+    if header.flags & S.KEY_FLAG_FILE_OBJECT:
+        stored = S.FILE_OBJECT_POINTER.size
+    elif header.type in _FIXED_VALUE_SIZE:
+        stored = _FIXED_VALUE_SIZE[KeyType(header.type)]
+    else:
+        if name_end + 4 > entry_end:
+            stored = 4
+        else:
+            stored = 4 + struct.unpack_from("<I", raw, name_end)[0]
+    if name_end + stored > entry_end:
+        diag.warn(
+            Kind.TRUNCATED,
+            "key entry",
+            f"table {index}: value of {stored:#x} bytes runs past the entry "
+            f"(size {header.size:#x}); entry skipped",
+            offset=where,
+        )
+        return None
+    checksum_at = offset + S.KEY_ENTRY_HEADER.offset_of("checksum")
+    expected = S.crc32(
+        raw[offset:checksum_at] + b"\0\0\0\0" + raw[checksum_at + 4 : name_end + stored]
+    )
+    if expected != header.checksum:
+        diag.warn(
+            Kind.CHECKSUM,
+            "key entry",
+            f"table {index}: entry {name!r} checksum {header.checksum:#010x} != computed "
+            f"{expected:#010x}",
+            offset=where,
+        )
+    if header.flags & S.KEY_FLAG_FILE_OBJECT:
+        pointer = S.FILE_OBJECT_POINTER.unpack(raw, name_end, where=table_offset + name_end)
+        value_offset, value_size = pointer.file_offset, pointer.value_length
+    elif header.type in (KeyType.STRING, KeyType.ARRAY):
+        value_offset, value_size = table_offset + name_end + 4, stored - 4
+    else:
+        value_offset, value_size = table_offset + name_end, stored
+    return _RawEntry(index, offset, where, header, name, value_offset, value_size)
+
+
+def build_tree(
+    source: ReadOnlySource,
+    raw_entries: List[_RawEntry],
+    file_objects: Dict[int, ObjectEntry],
+    diag: Diagnostics,
+) -> Tuple[Key, Dict[str, Key]]:
+    """Stage 5: link entries to parents by (table, offset), then give paths top down.
+
+    Parents are resolved only after every table is read because a child may live in
+    another key table than its parent (§4.2).
+    """
+    by_location = {(entry.table_index, entry.offset): entry for entry in raw_entries}
+    root_location = (0, 0)
+    # reachable[location] is True when the parent chain ends at the root.
+    reachable: Dict[Tuple[int, int], bool] = {root_location: True}
+    for entry in raw_entries:
+        chain: List[Tuple[int, int]] = []
+        on_chain = set()
+        location = (entry.table_index, entry.offset)
+        verdict: Optional[bool] = None
+        while verdict is None:
+            if location in reachable:
+                verdict = reachable[location]
+                break
+            if location in on_chain:
+                diag.warn(
+                    Kind.KEY_TREE,
+                    "key entry",
+                    f"parent chain of {by_location[location].name!r} loops back to itself "
+                    f"(table {location[0]}, offset {location[1]:#x}); those keys are dropped",
+                    offset=by_location[location].file_offset,
+                )
+                verdict = False
+                break
+            raw = by_location.get(location)
+            if raw is None:
+                child = by_location[chain[-1]]
+                diag.warn(
+                    Kind.KEY_TREE,
+                    "key entry",
+                    f"{child.name!r} names a parent at table {location[0]}, offset "
+                    f"{location[1]:#x}, where no key entry starts; it is dropped",
+                    offset=child.file_offset,
+                )
+                verdict = False
+                break
+            chain.append(location)
+            on_chain.add(location)
+            location = _parent_location(raw)
+            parent = by_location.get(location)
+            if parent is not None and parent.header.type != KeyType.NODE:
+                diag.warn(
+                    Kind.KEY_TREE,
+                    "key entry",
+                    f"{raw.name!r} has parent {parent.name!r}, which is not a node; dropped",
+                    offset=raw.file_offset,
+                )
+                verdict = False
+                break
+        for item in chain:
+            reachable[item] = verdict
+
+    children: Dict[Tuple[int, int], List[_RawEntry]] = {}
+    for entry in raw_entries:
+        if reachable.get((entry.table_index, entry.offset)):
+            children.setdefault(_parent_location(entry), []).append(entry)
+
+    root = Key(
+        source=source,
+        path="/",
+        name="",
+        type=KeyType.NODE,
+        flags=0,
+        table_index=0,
+        entry_offset=0,
+        file_offset=0,
+        insertion_sequence=0,
+        value_offset=0,
+        size=0,
+    )
+    keys: Dict[str, Key] = {"/": root}
+    queue = [(root_location, root, 0)]
+    path_chars = 0
+    while queue:
+        location, parent_key, depth = queue.pop()
+        if depth >= MAX_KEY_DEPTH and children.get(location):
+            diag.warn(
+                Kind.KEY_TREE,
+                "key entry",
+                f"keys nested deeper than {MAX_KEY_DEPTH} levels; "
+                f"{len(children[location])} children and their subtrees dropped",
+                offset=parent_key.file_offset,
+                key_path=parent_key.path,
+            )
+            continue
+        siblings = children.get(location, [])
+        siblings.sort(
+            key=lambda item: (item.header.insertion_sequence, item.table_index, item.offset)
+        )
+        seen_names: Dict[str, int] = {}
+        for raw in siblings:
+            # Several siblings may share a name: that is how the container stores
+            # arrays of nodes (e.g. .../metrics/devicetype). The first keeps the plain
+            # name, later ones get "[n]" so every path stays unique.
+            occurrence = seen_names.get(raw.name, 0)
+            seen_names[raw.name] = occurrence + 1
+            label = raw.name if occurrence == 0 else f"{raw.name}[{occurrence}]"
+            path = parent_key.path.rstrip("/") + "/" + label
+            if occurrence and raw.header.type != KeyType.NODE:
+                diag.warn(
+                    Kind.KEY_TREE,
+                    "key entry",
+                    f"value key name repeated under the same parent; kept as {label}",
+                    offset=raw.file_offset,
+                    key_path=path,
+                )
+            key = Key(
+                source=source,
+                path=path,
+                name=raw.name,
+                type=KeyType(raw.header.type),
+                flags=raw.header.flags,
+                table_index=raw.table_index,
+                entry_offset=raw.offset,
+                file_offset=raw.file_offset,
+                insertion_sequence=raw.header.insertion_sequence,
+                value_offset=raw.value_offset,
+                size=raw.value_size,
+                parent=parent_key,
+            )
+            parent_key.children.append(key)
+            keys[path] = key
+            path_chars += len(path)
+            if path_chars > MAX_TOTAL_PATH_CHARS:
+                raise KeyTreeError(
+                    f"key paths add up to more than {MAX_TOTAL_PATH_CHARS:#x} characters: "
+                    "not a plausible key tree",
+                    structure="key entry",
+                    offset=raw.file_offset,
+                    key_path=path[:200],
+                )
+            _check_file_object(source, file_objects, key, diag)
+            if key.is_node:
+                queue.append(((raw.table_index, raw.offset), key, depth + 1))
+    return root, keys
+
+
+def _parent_location(entry: _RawEntry) -> Tuple[int, int]:
+    table, offset = entry.header.parent_table, entry.header.parent_offset
+    # Table index 0 is the root sentinel whatever the offset says.
+    return (0, 0) if table == 0 else (table, offset)
+
+
+def _check_file_object(
+    source: ReadOnlySource, file_objects: Dict[int, ObjectEntry], key: Key, diag: Diagnostics
+) -> None:
+    if not key.is_file_object:
+        return
+    obj = file_objects.get(key.value_offset)
+    if key.value_offset + key.size > source.size:
+        diag.warn(
+            Kind.TRUNCATED,
+            "file object",
+            f"value of {key.size:#x} bytes at {key.value_offset:#x} runs past the end of "
+            f"the file ({source.size:#x})",
+            offset=key.value_offset,
+            key_path=key.path,
+        )
+    elif obj is None:
+        diag.warn(
+            Kind.OBJECT_TABLE,
+            "file object",
+            "the object tables list no file object at this offset",
+            offset=key.value_offset,
+            key_path=key.path,
+        )
+    elif key.size > obj.size:
+        diag.warn(
+            Kind.TRUNCATED,
+            "file object",
+            f"key declares {key.size:#x} bytes but the object holds {obj.size:#x}",
+            offset=key.value_offset,
+            key_path=key.path,
+        )
+
+
+# --- values -----------------------------------------------------------------------
+def decode_value(key: Key) -> Any:
+    """The value of a key: int, float, str, bytes, bool, or nested dicts for a node."""
+    if key.type == KeyType.NODE:
+        return key.as_dict()
+    data = key.read()
+    if key.type in _SCALAR_FORMATS:
+        code = _SCALAR_FORMATS[key.type]
+        if len(data) < struct.calcsize(code):
+            raise TruncatedError(
+                f"{key.type.name} value of only {len(data)} bytes",
+                structure="key value",
+                offset=key.value_offset,
+                key_path=key.path,
+            )
+        value = struct.unpack_from(code, data)[0]
+        return value != 0 if key.type == KeyType.BOOL else value
+    if key.type == KeyType.STRING:
+        if len(data) % 2:
+            raise VmrsFormatError(
+                f"UTF-16 string of odd length {len(data)}",
+                structure="key value",
+                offset=key.value_offset,
+                key_path=key.path,
+            )
+        text = data.decode("utf-16-le", "surrogatepass")
+        # openvmm's writer appends a NUL, Hyper-V's does not (§4.3): accept both.
+        return text[:-1] if text.endswith("\0") else text
+    return data
