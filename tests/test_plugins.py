@@ -327,7 +327,7 @@ def test_memmap_counts_lazily_with_progress(long_guest, files):
     path = files("lazy.vmrs", long_guest.data)
     with SavedStateDump(path) as dump:
         memory: PageReader = dump.memory
-        compressed = [b for b in memory.blocks.values() if not b.is_raw]
+        compressed = [memory.block(n) for n, b in memory.map.blocks.items() if not b.is_raw]
         assert compressed and all(b._index is None for b in compressed)
         calls: List[Tuple[float, str]] = []
         rows = memmap.Memmap.rows(memory, True, lambda p, t: calls.append((p, t)))

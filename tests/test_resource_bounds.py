@@ -302,7 +302,7 @@ def test_a_1_mib_extended_xpress_record_is_decoded_once_per_block(monkeypatch):
     stream += struct.pack("<I", M.TAG_END)
     file = SavedStateWriter([(0, data)], blob, block_values={0: stream}).build()[0]
     memory = SavedStateDump(io.BytesIO(file)).memory
-    assert not memory.blocks[0].is_raw
+    assert not memory.map.blocks[0].is_raw
     pages = [memory.read_physical(page * M.PAGE_SIZE, M.PAGE_SIZE) for page in range(256)]
     assert b"".join(pages) == data
     assert calls == [M.BLOCK_SIZE]  # 256 decompressions of 1 MiB each without the reuse

@@ -133,6 +133,7 @@ class ContainerWriter:
         log_pages: Optional[int] = None,
         log_past_eof: bool = False,
         format_version: int = S.SUPPORTED_FORMAT_VERSION,
+        keys_first: bool = False,
     ) -> None:
         if flavour not in ("openvmm", "hyperv"):
             raise ValueError(flavour)
@@ -146,6 +147,8 @@ class ContainerWriter:
         self.log_pages = log_pages or (1 if flavour == "openvmm" else 6)
         self.log_past_eof = log_past_eof
         self.format_version = format_version
+        # Key tables before the file objects: a file cut short then keeps its keys.
+        self.keys_first = keys_first
         self._values: Dict[Tuple[str, ...], Tuple[KeyType, bytes, Optional[bool]]] = {}
         # Filled by build(): where each key and object ended up.
         self.key_locations: Dict[str, Tuple[int, int, int]] = {}
@@ -266,18 +269,6 @@ class ContainerWriter:
         order = self._tree()
         slack = 12 if self.flavour == "hyperv" else 0
 
-        # 1. File objects from 0x3000.
-        cursor = 0x3000
-        file_offsets: Dict[Tuple[str, ...], int] = {}
-        blobs: List[Tuple[int, bytes]] = []
-        for entry in order:
-            if entry.file_object:
-                data = self._payload_bytes(entry)
-                file_offsets[entry.path] = cursor
-                blobs.append((cursor, data))
-                cursor += self._align(max(1, len(data)))
-        file_object_objects = [(offset, self._align(max(1, len(data)))) for offset, data in blobs]
-
         # 2. Key tables: assign table/offset to each entry in emission order.
         capacity = self.table_capacity
         tables: List[List[Tuple[_Entry, int]]] = [[]]  # entries with their sizes
@@ -293,6 +284,22 @@ class ContainerWriter:
             entry.table = len(tables)
             entry.offset = S.KEY_TABLE_HEADER.size + used
             used += size
+        # 1. File objects from 0x3000 (after the key tables when those come first).
+        cursor = 0x3000
+        reserved_tables: List[int] = []
+        if self.keys_first:
+            reserved_tables = [cursor + index * align for index in range(len(tables))]
+            cursor += len(tables) * align
+        file_offsets: Dict[Tuple[str, ...], int] = {}
+        blobs: List[Tuple[int, bytes]] = []
+        for entry in order:
+            if entry.file_object:
+                data = self._payload_bytes(entry)
+                file_offsets[entry.path] = cursor
+                blobs.append((cursor, data))
+                cursor += self._align(max(1, len(data)))
+        file_object_objects = [(offset, self._align(max(1, len(data)))) for offset, data in blobs]
+
         table_pages: List[bytes] = []
         locations = {(): (0, 0)}
         for entry in order:
@@ -331,10 +338,10 @@ class ContainerWriter:
         # Hyper-V flavour: the last key table goes after the log, and a freed page sits
         # between the key tables and the log (a Free object entry covers it).
         after_log_tables: List[bytes] = []
-        if self.flavour == "hyperv" and len(table_pages) > 1:
+        if self.flavour == "hyperv" and len(table_pages) > 1 and not self.keys_first:
             after_log_tables = [table_pages.pop()]
-        table_offsets: List[int] = []
-        for page in table_pages:
+        table_offsets: List[int] = list(reserved_tables)
+        for page in table_pages if not self.keys_first else ():
             table_offsets.append(cursor)
             cursor += len(page)
         free_objects: List[Tuple[int, int]] = []

@@ -32,18 +32,14 @@ from volatility3.framework.layers import intel, physical
 
 from volatility3_vmrs.savedstate import structs
 from volatility3_vmrs.savedstate.errors import MemoryReadError, VmrsError
-from volatility3_vmrs.savedstate.memory_map import (
-    BLOCK_SIZE,
-    PAGE_SIZE,
-    PHYSICAL_ADDRESS_MASK,
-)
+from volatility3_vmrs.savedstate.memory_map import BLOCK_SIZE
+from volatility3_vmrs.savedstate.paging import FRAME_MASK_64
 from volatility3_vmrs.savedstate.provider import SavedStateDump
 from volatility3_vmrs.savedstate.types import PAGING_MODE
 
 vollog = logging.getLogger(__name__)
 
 AUTO_VP = -1
-_LONG_MASK = PHYSICAL_ADDRESS_MASK & ~(PAGE_SIZE - 1)
 
 
 class VmrsFormatException(exceptions.LayerException):
@@ -99,8 +95,12 @@ def has_header_signature(layer: interfaces.layers.DataLayerInterface) -> bool:
     """Whether a header copy carries the HyperVStorage signature: cheap enough to decline
     any other file at once."""
     for offset in structs.FILE_HEADER_OFFSETS:
+        # A file cut inside its header is still recognised (and the reader explains it).
+        size = min(structs.FILE_HEADER.size, layer.maximum_address + 1 - offset)
+        if size < 4:
+            continue
         try:
-            raw = layer.read(offset, structs.FILE_HEADER.size)
+            raw = layer.read(offset, size).ljust(structs.FILE_HEADER.size, b"\0")
         except exceptions.InvalidAddressException:
             continue
         if structs.FILE_HEADER.unpack(raw).signature == structs.FILE_HEADER_SIGNATURE:
@@ -315,7 +315,7 @@ def check_windows_dtb(read: Any, mode: PAGING_MODE, dtb: Optional[int]) -> Optio
             hits = [
                 index
                 for index, (entry,) in enumerate(struct.iter_unpack("<Q", table))
-                if entry & 1 and entry & _LONG_MASK == dtb
+                if entry & 1 and entry & FRAME_MASK_64 == dtb
             ]
             if len(hits) == 1 and 0x100 <= hits[0] < 0x200:
                 return None
@@ -329,9 +329,9 @@ def check_windows_dtb(read: Any, mode: PAGING_MODE, dtb: Optional[int]) -> Optio
             pdpt = struct.unpack("<4Q", read(dtb, 32))
             if not all(entry & 1 for entry in pdpt):
                 return f"the PDPT at {dtb:#x} does not map all four page directories"
-            top_directory = pdpt[3] & _LONG_MASK
+            top_directory = pdpt[3] & FRAME_MASK_64
             mapped = struct.unpack("<4Q", read(top_directory, 32))
-            if all(a & _LONG_MASK == b & _LONG_MASK for a, b in zip(mapped, pdpt)):
+            if all(a & FRAME_MASK_64 == b & FRAME_MASK_64 for a, b in zip(mapped, pdpt)):
                 return None
             return f"the page directories of the PDPT at {dtb:#x} are not self-mapped"
     except MemoryReadError as error:

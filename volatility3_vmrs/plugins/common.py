@@ -1,16 +1,32 @@
-"""Shared helpers of the pack's plugins: finding the .vmrs layer under the primary layer."""
+"""Shared helpers of the pack's plugins: the .vmrs layer under the primary layer, refusals.
+
+A pack plugin that cannot do what it was asked (a bad option, a file without memory)
+stops with :class:`~volatility3_vmrs.refusal.PluginRefusal`.
+"""
 
 from __future__ import annotations
 
 from typing import List
 
-from volatility3.framework import exceptions, interfaces
+from volatility3.framework import interfaces
 from volatility3.framework.configuration import requirements
 
-from volatility3_vmrs.layers.vmrs import VmrsLayer
+from volatility3_vmrs.layers.vmrs import VmrsLayer, describe_content
+from volatility3_vmrs.refusal import PluginRefusal, refuse
+from volatility3_vmrs.savedstate.memory import PageReader
+from volatility3_vmrs.savedstate.processors import PartitionState
+from volatility3_vmrs.savedstate.provider import SavedStateDump
 
 # Importing this module imports the layer module, which registers the stacker.
-__all__ = ["VmrsLayer", "find_vmrs_layer", "primary_requirement"]
+__all__ = [
+    "PluginRefusal",
+    "VmrsLayer",
+    "find_vmrs_layer",
+    "primary_requirement",
+    "refuse",
+    "require_memory",
+    "require_processors",
+]
 
 
 def primary_requirement() -> requirements.TranslationLayerRequirement:
@@ -21,7 +37,7 @@ def primary_requirement() -> requirements.TranslationLayerRequirement:
 
 
 def find_vmrs_layer(context: interfaces.context.ContextInterface, layer_name: str) -> VmrsLayer:
-    """The VmrsLayer at or below ``layer_name``; a clear error if there is none."""
+    """The VmrsLayer at or below ``layer_name``; a refusal if there is none."""
     seen: List[str] = []
     pending = [layer_name]
     while pending:
@@ -33,8 +49,21 @@ def find_vmrs_layer(context: interfaces.context.ContextInterface, layer_name: st
         if isinstance(layer, VmrsLayer):
             return layer
         pending.extend(layer.dependencies)
-    raise exceptions.LayerException(
-        layer_name,
-        "this plugin needs a Hyper-V saved state (.vmrs): no .vmrs layer under "
-        f"{layer_name} (layers seen: {', '.join(seen) or 'none'})",
+    refuse(
+        "this plugin reads Hyper-V saved-state files (.vmrs, .vmcx, .bin); the file given "
+        "is not one, or could not be opened (an error above says why)"
     )
+
+
+def require_memory(dump: SavedStateDump) -> PageReader:
+    """The guest memory of the file, or a refusal saying what the file is instead."""
+    if dump.memory is None:
+        refuse(describe_content(dump))
+    return dump.memory
+
+
+def require_processors(dump: SavedStateDump) -> PartitionState:
+    """The processor state of the file, or a refusal saying why there is none."""
+    if dump.partition is None:
+        refuse(str(dump.not_a_saved_state()))
+    return dump.partition

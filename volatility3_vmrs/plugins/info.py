@@ -10,7 +10,7 @@ from volatility3.framework import interfaces, renderers
 from volatility3_vmrs.savedstate.diagnostics import Kind
 from volatility3_vmrs.savedstate.errors import VmrsError
 
-from .common import find_vmrs_layer, primary_requirement
+from .common import VmrsLayer, find_vmrs_layer, primary_requirement
 
 vollog = logging.getLogger(__name__)
 
@@ -33,8 +33,7 @@ class Info(interfaces.plugins.PluginInterface):
             primary_requirement(),
         ]
 
-    def _rows(self) -> Iterator[Tuple[str, str]]:
-        layer = find_vmrs_layer(self.context, self.config["primary"])
+    def _rows(self, layer: VmrsLayer) -> Iterator[Tuple[str, str]]:
         dump = layer.dump
         storage = dump.storage
         header = storage.header
@@ -85,9 +84,10 @@ class Info(interfaces.plugins.PluginInterface):
         yield "Guest OS", f"{os_info.describe()} (guest OS ID {os_info.raw:#018x})"
         yield "DTB published", layer.dtb_note
 
-    def _generator(self):
-        for field, value in self._rows():
+    def _generator(self, layer: VmrsLayer):
+        for field, value in self._rows(layer):
             yield 0, (field, value)
 
     def run(self) -> interfaces.renderers.TreeGrid:
-        return renderers.TreeGrid([("Field", str), ("Value", str)], self._generator())
+        layer = find_vmrs_layer(self.context, self.config["primary"])
+        return renderers.TreeGrid([("Field", str), ("Value", str)], self._generator(layer))

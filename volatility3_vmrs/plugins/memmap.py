@@ -20,7 +20,7 @@ from volatility3.framework.renderers import format_hints
 from volatility3_vmrs.savedstate.memory import PageReader
 from volatility3_vmrs.savedstate.memory_map import PAGE_SIZE, MemoryMap, MemoryRange
 
-from .common import find_vmrs_layer, primary_requirement
+from .common import find_vmrs_layer, primary_requirement, require_memory
 
 vollog = logging.getLogger(__name__)
 
@@ -104,6 +104,6 @@ class Memmap(interfaces.plugins.PluginInterface):
     def run(self) -> interfaces.renderers.TreeGrid:
         layer = find_vmrs_layer(self.context, self.config["primary"])
         rows = self.rows(
-            layer.dump.memory, not self.config.get("quick", False), self._progress_callback
+            require_memory(layer.dump), not self.config.get("quick", False), self._progress_callback
         )
         return renderers.TreeGrid(COLUMNS, ((0, row) for row in rows))

@@ -26,8 +26,7 @@ from volatility3_vmrs.layers.vmrs import choose_vp, vp_layer
 from volatility3_vmrs.savedstate import pescan
 from volatility3_vmrs.savedstate.types import PAGING_MODE
 
-from .common import find_vmrs_layer, primary_requirement
-from .registers import fail
+from .common import find_vmrs_layer, primary_requirement, refuse, require_memory
 
 vollog = logging.getLogger(__name__)
 
@@ -158,19 +157,20 @@ class PEScan(interfaces.plugins.PluginInterface):
     def run(self) -> interfaces.renderers.TreeGrid:
         layer = find_vmrs_layer(self.context, self.config["primary"])
         dump = layer.dump
+        require_memory(dump)
         virtual = None
         if self.config.get("virtual", False):
             vp = self.config.get("vp")
             if vp is None:
                 vp = layer.vp_index if layer.vp_index is not None else choose_vp(dump)
                 if vp is None:
-                    fail("no virtual processor with paging enabled; give --vp")
+                    refuse("no virtual processor with paging enabled; give --vp")
             elif vp not in dump.vp_indices:
-                fail(f"no virtual processor {vp} (the file has {dump.vp_indices})")
+                refuse(f"no virtual processor {vp} (the file has {dump.vp_indices})")
             try:
                 name, mode = vp_layer(self.context, layer.name, vp, 0)
             except exceptions.LayerException as error:
-                fail(f"cannot build the virtual layer of VP {vp}: {error}")
+                refuse(f"cannot build the virtual layer of VP {vp}: {error}")
             start, end = KERNEL_SPACE[mode]
             virtual = (name, vp, start, end)
         elif self.config.get("vp") is not None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from typing import Iterator, List, Optional, Sequence, Set, Tuple
 
-from volatility3.framework import exceptions, interfaces, renderers
+from volatility3.framework import interfaces, renderers
 from volatility3.framework.configuration import requirements
 from volatility3.framework.renderers import format_hints
 
@@ -29,7 +29,7 @@ from volatility3_vmrs.savedstate.types import (
     Segment,
 )
 
-from .common import find_vmrs_layer, primary_requirement
+from .common import find_vmrs_layer, primary_requirement, refuse, require_processors
 
 vollog = logging.getLogger(__name__)
 
@@ -55,12 +55,6 @@ COLUMNS = [
     ("Attributes", format_hints.Hex),
     ("Decoded", str),
 ]
-
-
-def fail(message: str) -> None:
-    """Stop the plugin with a message the CLI shows (bad options, absent VPs)."""
-    vollog.error(message)
-    raise exceptions.PluginRequirementException(message)
 
 
 def short_name(member) -> str:
@@ -102,7 +96,7 @@ def check_names(wanted: Optional[Sequence[str]]) -> None:
     unknown = [name for name in wanted if name.strip().lower() not in known]
     if unknown:
         names = ", ".join(short_name(m) for m in register_members(REGISTER_ID_X64))
-        fail(f"unknown register name(s) {', '.join(unknown)}; known: {names}")
+        refuse(f"unknown register name(s) {', '.join(unknown)}; known: {names}")
 
 
 def describe_segment(segment: Segment) -> str:
@@ -169,7 +163,7 @@ class Registers(interfaces.plugins.PluginInterface):
         vps = dump.vp_indices
         if vp is not None:
             if vp not in vps:
-                fail(f"no virtual processor {vp} (the file has {vps})")
+                refuse(f"no virtual processor {vp} (the file has {vps})")
             vps = [vp]
         found_vtl = False
         for index in vps:
@@ -182,7 +176,7 @@ class Registers(interfaces.plugins.PluginInterface):
                 for member in select_members(enum_for(registers), wanted):
                     yield (index, level, *cls._register_row(registers, member))
         if vtl is not None and not found_vtl:
-            fail(f"no register state for VTL {vtl} in VP(s) {vps}")
+            refuse(f"no register state for VTL {vtl} in VP(s) {vps}")
 
     @staticmethod
     def _register_row(registers: RegisterSet, member) -> Tuple:
@@ -209,6 +203,7 @@ class Registers(interfaces.plugins.PluginInterface):
 
     def run(self) -> interfaces.renderers.TreeGrid:
         layer = find_vmrs_layer(self.context, self.config["primary"])
+        require_processors(layer.dump)
         wanted = self.config.get("register") or None
         check_names(wanted)
         # Validate the filters now, so a bad option fails before any output.

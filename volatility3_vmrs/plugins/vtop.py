@@ -19,6 +19,7 @@ from volatility3.framework.renderers import format_hints
 from volatility3_vmrs.layers.vmrs import choose_vp
 from volatility3_vmrs.savedstate.errors import InvalidArgumentError, MemoryReadError, VmrsError
 from volatility3_vmrs.savedstate.paging import (
+    FRAME_MASK_64,
     PageFlags,
     PageNotPresentError,
     PagingStep,
@@ -27,8 +28,7 @@ from volatility3_vmrs.savedstate.paging import (
 )
 from volatility3_vmrs.savedstate.types import PAGING_MODE
 
-from .common import find_vmrs_layer, primary_requirement
-from .registers import fail
+from .common import find_vmrs_layer, primary_requirement, refuse, require_memory, require_processors
 
 vollog = logging.getLogger(__name__)
 
@@ -43,7 +43,6 @@ COLUMNS = [
     ("Maps", format_hints.Hex),
     ("Result", str),
 ]
-_ADDRESS_64 = 0x000F_FFFF_FFFF_F000
 
 
 def flag_text(flags: PageFlags) -> str:
@@ -99,7 +98,7 @@ class Vtop(interfaces.plugins.PluginInterface):
             cr3 = registers.cr3
             la57 = registers.la57
         except VmrsError as error:
-            fail(f"VP {vp} VTL {vtl}: {error}")
+            refuse(f"VP {vp} VTL {vtl}: {error}")
         na = renderers.NotApplicableValue()
         head = (vp, vtl, mode.name)
         try:
@@ -148,7 +147,7 @@ class Vtop(interfaces.plugins.PluginInterface):
             result = f"page of {leaf[1]:#x} bytes"
         else:
             is64 = mode != PAGING_MODE.Paging_32Bit
-            maps = format_hints.Hex(step.entry_value & (_ADDRESS_64 if is64 else 0xFFFFF000))
+            maps = format_hints.Hex(step.entry_value & (FRAME_MASK_64 if is64 else 0xFFFFF000))
             result = "next table"
         return (
             step.level_name,
@@ -162,17 +161,19 @@ class Vtop(interfaces.plugins.PluginInterface):
     def run(self) -> interfaces.renderers.TreeGrid:
         layer = find_vmrs_layer(self.context, self.config["primary"])
         dump = layer.dump
+        require_processors(dump)
+        require_memory(dump)
         vp = self.config.get("vp")
         if vp is None:
             vp = layer.vp_index if layer.vp_index is not None else choose_vp(dump)
             if vp is None:
-                fail("no virtual processor with paging enabled; give --vp")
+                refuse("no virtual processor with paging enabled; give --vp")
         elif vp not in dump.vp_indices:
-            fail(f"no virtual processor {vp} (the file has {dump.vp_indices})")
+            refuse(f"no virtual processor {vp} (the file has {dump.vp_indices})")
         vtl = self.config.get("vtl")
         vtl = 0 if vtl is None else vtl
         address = self.config.get("address")
         if address is None:
-            fail("--address is required: the guest-virtual address to translate")
+            refuse("--address is required: the guest-virtual address to translate")
         rows = list(self.rows(dump, vp, vtl, address))
         return renderers.TreeGrid(COLUMNS, ((0, row) for row in rows))

@@ -178,9 +178,6 @@ class Diagnostics:
         """Warnings and errors: what is wrong with the file (notes are not)."""
         return self.at_least(Severity.WARNING)
 
-    def of_kind(self, kind: Kind) -> Tuple[Diagnostic, ...]:
-        return tuple(item for item in self.items if item.kind == kind)
-
     def grouped(self) -> Dict[Kind, List[Diagnostic]]:
         """Diagnostics by kind, kinds in enum order."""
         groups: Dict[Kind, List[Diagnostic]] = {}

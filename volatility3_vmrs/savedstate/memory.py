@@ -235,9 +235,7 @@ class PageReader:
         self.map = memory_map
         self.diagnostics = diagnostics
         self._source = source
-        self.blocks: Dict[int, RamBlock] = {
-            number: RamBlock(location, source) for number, location in memory_map.blocks.items()
-        }
+        self._blocks: Dict[int, RamBlock] = {}  # made on first touch: 64 GiB = 65,536
         self._bad: Dict[int, str] = {}  # block number -> why it cannot be decoded
         self._bad_pages: Set[Tuple[int, int]] = set()  # (block, page) not decompressible
         # Decoded pages of compressed blocks, per block (LRU over blocks), and the page
@@ -259,6 +257,17 @@ class PageReader:
         self.cache_limit_blocks = cache_limit_blocks
         self._zero_page = bytes(PAGE_SIZE)
 
+    def block(self, number: int) -> Optional[RamBlock]:
+        """RamBlock ``number``, or None when the file does not hold it."""
+        block = self._blocks.get(number)
+        if block is None:
+            location = self.map.blocks.get(number)
+            if location is None:
+                return None
+            with self._cache_lock:
+                block = self._blocks.setdefault(number, RamBlock(location, self._source))
+        return block
+
     @property
     def ranges(self) -> Tuple[MemoryRange, ...]:
         return self.map.ranges
@@ -271,7 +280,7 @@ class PageReader:
     def is_readable(self, gpa: int) -> bool:
         """Whether the page of ``gpa`` can be read: mapped, its block present and not bad."""
         number = self.map.block_of(gpa)
-        if number is None or number not in self.blocks or number in self._bad:
+        if number is None or number not in self.map.blocks or number in self._bad:
             return False
         if self._bad_pages:
             raw = self.map.gpa_to_raw_offset(gpa)
@@ -287,7 +296,7 @@ class PageReader:
                 return False
             first, last = raw // BLOCK_SIZE, (raw + span - 1) // BLOCK_SIZE
             for number in range(first, last + 1):
-                if number not in self.blocks or number in self._bad:
+                if number not in self.map.blocks or number in self._bad:
                     return False
             if self._bad_pages:
                 for offset in range(raw & ~(PAGE_SIZE - 1), raw + span, PAGE_SIZE):
@@ -349,7 +358,7 @@ class PageReader:
             raw = gpa + last[2]
             within = raw & (BLOCK_SIZE - 1)
             if within + size <= BLOCK_SIZE:
-                block = self.blocks.get(raw >> 20)
+                block = self.block(raw >> 20)
                 if block is not None:
                     if block.is_raw:
                         return self._read_raw_block(block, within, size, gpa, last[1])
@@ -397,7 +406,7 @@ class PageReader:
         while size > 0:
             number, within = divmod(offset, BLOCK_SIZE)
             length = min(size, BLOCK_SIZE - within)
-            block = self.blocks.get(number)
+            block = self.block(number)
             if block is None:
                 raise MemoryReadError(
                     f"saved RAM at raw offset {offset:#x} is in {ram_block(number)}, "
@@ -620,7 +629,7 @@ class PageReader:
             lo = max(memory_range.mbp_start, number * PAGES_PER_BLOCK)
             hi = min(range_end, (number + 1) * PAGES_PER_BLOCK)
             counts["missing"] -= hi - lo
-            block = self.blocks[number]
+            block = self.block(number)
             try:
                 kinds = block.page_kinds()
             except GuestMemoryFormatError as error:

@@ -31,6 +31,7 @@ from .errors import (
     MemoryReadError,
     UnsupportedVersionError,
 )
+from .paging import PHYSICAL_ADDRESS_BITS
 from .storage import HyperVStorage, Key, KeyType
 from .structs import Layout
 
@@ -38,8 +39,6 @@ PAGE_SIZE = 0x1000
 PAGE_SHIFT = 12
 BLOCK_SIZE = 0x100000
 PAGES_PER_BLOCK = BLOCK_SIZE // PAGE_SIZE
-PHYSICAL_ADDRESS_BITS = 52  # MAXPHYADDR of x64: guest-physical addresses have 52 bits
-PHYSICAL_ADDRESS_MASK = (1 << PHYSICAL_ADDRESS_BITS) - 1
 MAX_GPA_PAGE = 1 << (PHYSICAL_ADDRESS_BITS - PAGE_SHIFT)
 MAX_RANGE_PAGES = 1 << 40  # Microsoft's limit above VM version 9.1 (§10.1)
 
@@ -242,11 +241,6 @@ class MemoryMap:
             return None
         mbp = memory_range.mbp_start + (gpa >> PAGE_SHIFT) - memory_range.gpa_page
         return mbp // PAGES_PER_BLOCK
-
-    def is_backed(self, gpa: int) -> bool:
-        """Whether ``gpa`` is in a range whose block the file holds."""
-        number = self.block_of(gpa)
-        return number is not None and number in self.blocks
 
 
 # --- building the map from a container -------------------------------------------------

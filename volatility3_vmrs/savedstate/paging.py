@@ -29,8 +29,9 @@ from .types import PAGING_MODE
 
 ReadFunction = Callable[[int, int], bytes]
 
-PHYS_MASK_52 = (1 << 52) - 1
-_ADDR_MASK_64 = PHYS_MASK_52 & ~0xFFF  # bits 51:12 of a 64-bit entry
+PHYSICAL_ADDRESS_BITS = 52  # MAXPHYADDR of x64
+PHYSICAL_ADDRESS_MASK = (1 << PHYSICAL_ADDRESS_BITS) - 1
+FRAME_MASK_64 = PHYSICAL_ADDRESS_MASK & ~0xFFF  # bits 51:12 of a 64-bit entry
 
 __all__ = [
     "PageFlags",
@@ -165,7 +166,7 @@ _LEVELS_LA57 = (_Level("PML5E", 48, 9, 8, False), *_LEVELS_LONG)
 def dtb_from_cr3(mode: PAGING_MODE, cr3: int) -> int:
     """The top paging structure's address from a raw CR3 value."""
     if mode == PAGING_MODE.Paging_Long:
-        return cr3 & _ADDR_MASK_64  # PCID/PWT/PCD and bit 63 dropped
+        return cr3 & FRAME_MASK_64  # PCID/PWT/PCD and bit 63 dropped
     if mode == PAGING_MODE.Paging_Pae:
         return cr3 & 0xFFFFFFE0
     if mode == PAGING_MODE.Paging_32Bit:
@@ -233,7 +234,7 @@ def translate(
         if flags.ps or level.shift == 12:
             base = _frame(value, level, is64)
             return Translation(va, base | (va & (size - 1)), size, mode, tuple(steps))
-        table = value & _ADDR_MASK_64 if is64 else value & 0xFFFFF000
+        table = value & FRAME_MASK_64 if is64 else value & 0xFFFFF000
     raise AssertionError("unreachable: the last level always maps a page")
 
 
@@ -241,7 +242,7 @@ def _frame(value: int, level: _Level, is64: bool) -> int:
     """Physical base of the page a leaf entry maps."""
     offset_mask = (1 << level.shift) - 1
     if is64:
-        return value & PHYS_MASK_52 & ~offset_mask
+        return value & PHYSICAL_ADDRESS_MASK & ~offset_mask
     if level.shift == 22:
         # 32-bit 4 MiB page: bits 31:22 plus PSE-36 bits 20:13 -> PA bits 39:32.
         return (value & 0xFFC00000) | (value >> 13 & 0xFF) << 32

@@ -80,10 +80,6 @@ class PeImage:
     def timestamp_datetime(self) -> datetime.datetime:
         return datetime.datetime.fromtimestamp(self.timestamp, datetime.timezone.utc)
 
-    @property
-    def complete(self) -> bool:
-        return self.pages_read == self.pages_total
-
 
 def _power_of_two(value: int) -> bool:
     return value > 0 and value & (value - 1) == 0

@@ -55,6 +55,7 @@ from .errors import (
     PartitionStateError,
     VpVtlNotEnabledError,
 )
+from .paging import FRAME_MASK_64
 from .structs import Layout
 from .types import (
     PAGING_MODE,
@@ -167,6 +168,9 @@ SEGMENT_NAMES = ("es", "cs", "ss", "ds", "fs", "gs", "ldtr", "tr")
 TABLE_NAMES = ("idtr", "gdtr")
 XMM_NAMES = tuple(f"xmm{i}" for i in range(16))
 FP_MMX_NAMES = tuple(f"fp_mmx{i}" for i in range(8))
+# x87 ST0-ST7 / MMX0-7 hold the 80-bit value in the low bytes of each 16-byte slot;
+# fp_control_status is FXSAVE bytes 0-15 (FCW FSW FTW FOP FIP), xmm_control_status bytes
+# 16-31 (FDP MXCSR MXCSR_MASK).
 FP_NAMES = (*XMM_NAMES, *FP_MMX_NAMES, "fp_control_status", "xmm_control_status")
 VIRTUAL_MSR_WORDS = 12
 
@@ -218,7 +222,6 @@ REGISTER_CHUNKS: Dict[int, Tuple[str, Layout]] = {
 CR0_PG = 1 << 31
 CR4_PAE = 1 << 5
 CR4_LA57 = 1 << 12
-CR4_PCIDE = 1 << 17
 EFER_LMA = 1 << 10
 MASK32 = 0xFFFFFFFF
 
@@ -307,88 +310,32 @@ class _TableReg:
         )
 
 
+def _with_register_attributes(cls: type) -> type:
+    """Give the class one descriptor per register, named by the chunk layouts' tuples."""
+    descriptors: Dict[str, Any] = {
+        **{name: _Reg("gp") for name in GP_NAMES},
+        **{name: _Reg("fp", _u128) for name in FP_NAMES},
+        **{name: _Reg("control") for name in CONTROL_NAMES},
+        **{name: _Reg("debug") for name in DEBUG_NAMES},
+        **{name: _SegReg() for name in SEGMENT_NAMES},
+        **{name: _TableReg() for name in TABLE_NAMES},
+        **{n: _Reg("xsave_control") for n in XSAVE_CONTROL.field_names if not n.startswith("_")},
+    }
+    for name, descriptor in descriptors.items():
+        descriptor.__set_name__(cls, name)
+        setattr(cls, name, descriptor)
+    return cls
+
+
+@_with_register_attributes
 class RegisterSet:
     """The registers of one VP in one VTL, as decoded from its register chunks.
 
-    Each register is a named attribute (``rax`` ... ``xcr0``); 128-bit registers are ints,
-    segments :class:`Segment`, descriptor tables :class:`Table`. ``chunks`` lists the
-    register chunks present, ``incomplete`` those that were too short to decode.
+    Each register is a named attribute (``rax`` ... ``xcr0``, one per name of the chunk
+    layouts above); 128-bit registers are ints, segments :class:`Segment`, descriptor
+    tables :class:`Table`. ``chunks`` lists the register chunks present, ``incomplete``
+    those that were too short to decode.
     """
-
-    rax = _Reg("gp")
-    rcx = _Reg("gp")
-    rdx = _Reg("gp")
-    rbx = _Reg("gp")
-    rsp = _Reg("gp")
-    rbp = _Reg("gp")
-    rsi = _Reg("gp")
-    rdi = _Reg("gp")
-    r8 = _Reg("gp")
-    r9 = _Reg("gp")
-    r10 = _Reg("gp")
-    r11 = _Reg("gp")
-    r12 = _Reg("gp")
-    r13 = _Reg("gp")
-    r14 = _Reg("gp")
-    r15 = _Reg("gp")
-    rip = _Reg("gp")
-    rflags = _Reg("gp")
-
-    xmm0 = _Reg("fp", _u128)
-    xmm1 = _Reg("fp", _u128)
-    xmm2 = _Reg("fp", _u128)
-    xmm3 = _Reg("fp", _u128)
-    xmm4 = _Reg("fp", _u128)
-    xmm5 = _Reg("fp", _u128)
-    xmm6 = _Reg("fp", _u128)
-    xmm7 = _Reg("fp", _u128)
-    xmm8 = _Reg("fp", _u128)
-    xmm9 = _Reg("fp", _u128)
-    xmm10 = _Reg("fp", _u128)
-    xmm11 = _Reg("fp", _u128)
-    xmm12 = _Reg("fp", _u128)
-    xmm13 = _Reg("fp", _u128)
-    xmm14 = _Reg("fp", _u128)
-    xmm15 = _Reg("fp", _u128)
-    # x87 ST0-ST7 / MMX0-7: the 80-bit value in the low bytes of each 16-byte slot.
-    fp_mmx0 = _Reg("fp", _u128)
-    fp_mmx1 = _Reg("fp", _u128)
-    fp_mmx2 = _Reg("fp", _u128)
-    fp_mmx3 = _Reg("fp", _u128)
-    fp_mmx4 = _Reg("fp", _u128)
-    fp_mmx5 = _Reg("fp", _u128)
-    fp_mmx6 = _Reg("fp", _u128)
-    fp_mmx7 = _Reg("fp", _u128)
-    fp_control_status = _Reg("fp", _u128)  # FXSAVE bytes 0-15: FCW FSW FTW FOP FIP
-    xmm_control_status = _Reg("fp", _u128)  # FXSAVE bytes 16-31: FDP MXCSR MXCSR_MASK
-
-    cr0 = _Reg("control")
-    cr2 = _Reg("control")
-    cr3 = _Reg("control")
-    cr4 = _Reg("control")
-    cr8 = _Reg("control")
-    efer = _Reg("control")
-
-    dr0 = _Reg("debug")
-    dr1 = _Reg("debug")
-    dr2 = _Reg("debug")
-    dr3 = _Reg("debug")
-    dr6 = _Reg("debug")
-    dr7 = _Reg("debug")
-
-    es = _SegReg()
-    cs = _SegReg()
-    ss = _SegReg()
-    ds = _SegReg()
-    fs = _SegReg()
-    gs = _SegReg()
-    ldtr = _SegReg()
-    tr = _SegReg()
-
-    idtr = _TableReg()
-    gdtr = _TableReg()
-
-    xcr0 = _Reg("xsave_control")
 
     def __init__(self, vp_index: int, vtl: int, *, is_arm: bool = False) -> None:
         self.vp_index = vp_index
@@ -412,9 +359,6 @@ class RegisterSet:
     @property
     def chunks(self) -> Tuple[str, ...]:
         return tuple(self._decoded)
-
-    def has(self, kind: str) -> bool:
-        return kind in self._decoded
 
     def _value(self, kind: str, name: str) -> Any:
         values = self._decoded.get(kind)
@@ -477,10 +421,6 @@ class RegisterSet:
         return not self.is_arm and bool(self.cr4 & CR4_LA57)
 
     @property
-    def pcid_enabled(self) -> bool:
-        return not self.is_arm and bool(self.cr4 & CR4_PCIDE)
-
-    @property
     def dtb(self) -> Optional[int]:
         """The top paging structure's GPA from CR3, or None when paging is off / ARM64.
 
@@ -489,7 +429,7 @@ class RegisterSet:
         """
         mode = self.paging_mode
         if mode == PAGING_MODE.Paging_Long:
-            return self.cr3 & 0x000F_FFFF_FFFF_F000
+            return self.cr3 & FRAME_MASK_64
         if mode == PAGING_MODE.Paging_Pae:
             return self.cr3 & 0xFFFF_FFE0
         if mode == PAGING_MODE.Paging_32Bit:

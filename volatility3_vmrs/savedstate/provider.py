@@ -23,7 +23,7 @@ import os
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from . import paths
-from .diagnostics import Diagnostic, Diagnostics
+from .diagnostics import Diagnostic, Diagnostics, Kind
 from .errors import (
     GuestMemoryNotFoundError,
     InvalidArgumentError,
@@ -104,6 +104,17 @@ class SavedStateDump:
         if paths.PARTITION_STATE not in self.storage:
             return None
         blob_key = self.storage.get(paths.PARTITION_STATE)
+        if blob_key.value_offset + blob_key.size > self.storage.source.size:
+            if self.storage.truncation is None:
+                blob_key.read()  # raises the TruncatedError that names the key
+            self.diagnostics.error(
+                Kind.TRUNCATED,
+                "partition_state",
+                "lies past the end of the truncated file: no processor state",
+                offset=blob_key.value_offset,
+                key_path=blob_key.path,
+            )
+            return None
         return PartitionState.parse(
             blob_key.read(), key_path=blob_key.path, diagnostics=self.diagnostics
         )

@@ -162,10 +162,6 @@ class ReadOnlySource:
         self._patches[first:last] = replacement
         self._patch_starts[first:last] = [start for start, _ in replacement]
 
-    @property
-    def patched(self) -> bool:
-        return bool(self._patches)
-
     def close(self) -> None:
         if self._owns_handle:
             self._fh.close()

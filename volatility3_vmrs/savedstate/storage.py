@@ -172,10 +172,6 @@ class Key:
         """The decoded value: int, float, str, bytes, bool, or a dict for a node."""
         return decode_value(self)
 
-    def iter_children(self) -> Iterator[Key]:
-        """Children in insertion order (the order the container keeps them in)."""
-        return iter(self.children)
-
     def child(self, name: str, index: int = 0) -> Key:
         """The ``index``-th child called ``name`` (names repeat in arrays of nodes)."""
         matches = [child for child in self.children if child.name == name]
