@@ -29,7 +29,8 @@ class Outcome:
     plugin: str
     rows: int = 0
     error: Optional[BaseException] = None
-    seconds: float = 0.0
+    seconds: float = 0.0  # in all, Volatility's automagic included
+    plugin_seconds: float = 0.0  # the plugin's own run and rendering
     log: List[Tuple[int, str]] = field(default_factory=list)
 
     def lines(self, level: int = logging.WARNING) -> List[str]:
@@ -98,7 +99,11 @@ def run_pack_plugin(path: pathlib.Path, plugin_name: str, **options: Any) -> Out
     try:
         chosen = automagic.choose_automagic(automagic.available(context), plugin_class)
         plugin = plugins.construct_plugin(context, chosen, plugin_class, "plugins", None, None)
-        outcome.rows = _count_rows(plugin.run())
+        constructed = time.perf_counter()
+        try:
+            outcome.rows = _count_rows(plugin.run())
+        finally:
+            outcome.plugin_seconds = time.perf_counter() - constructed
     except (Exception, SystemExit) as error:  # what vol would show; the caller judges it
         outcome.error = error
     finally:

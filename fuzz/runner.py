@@ -135,12 +135,13 @@ class _Watchdog(threading.Thread):
     def run(self) -> None:
         while not self.stopped.wait(0.5):
             started = self.runner.current_started
-            if started is not None and time.monotonic() - started > self.hard_timeout:
+            limit = max(self.hard_timeout, 2 * self.runner.current_timeout)
+            if started is not None and time.monotonic() - started > limit:
                 self.runner.save_finding(
                     self.runner.current_target or "?",
                     "hang",
                     "hang-native",
-                    f"input still running after {self.hard_timeout} s (native code?)",
+                    f"input still running after {limit} s (native code?)",
                     self.runner.current_input or b"",
                     "",
                 )
@@ -163,6 +164,7 @@ class Runner:
         self.findings_dir = findings_dir
         self.timeout = timeout
         self.hard_timeout = hard_timeout
+        self.current_timeout = timeout
         self.rss_growth_mb = rss_growth_mb
         self.rng = random.Random(seed)
         self.log = log
@@ -228,9 +230,11 @@ class Runner:
         """Run one input under the alarm: (finding kind or "", exception, seconds)."""
         error: Optional[BaseException] = None
         kind = ""
+        # A target may allow more per input (the plugins target runs six plugins).
+        timeout = self.current_timeout = target.timeout or self.timeout
         started = time.monotonic()
         self.current_started = started
-        signal.setitimer(signal.ITIMER_REAL, self.timeout)
+        signal.setitimer(signal.ITIMER_REAL, timeout)
         try:
             target.function(data)
         except target.expected:
@@ -244,7 +248,7 @@ class Runner:
             self.current_started = None
         elapsed = time.monotonic() - started
         stats.slowest_input_seconds = max(stats.slowest_input_seconds, elapsed)
-        if not kind and elapsed > self.timeout:
+        if not kind and elapsed > timeout:
             kind = "hang"
         return kind, error, elapsed
 

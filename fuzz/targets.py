@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import io
 import struct
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple, Type
 
 from volatility3_vmrs.savedstate import memory as M
@@ -44,6 +46,7 @@ class Target:
     corpus: str
     doc: str
     expected: Tuple[Type[BaseException], ...] = (VmrsError,)
+    timeout: Optional[float] = None  # seconds per input, when the runner's is too short
 
 
 TARGETS: Dict[str, Target] = {}
@@ -55,11 +58,12 @@ def register(
     corpus: str,
     doc: str,
     expected: Tuple[Type[BaseException], ...] = (VmrsError,),
+    timeout: Optional[float] = None,
 ) -> Callable[[TargetFunction], TargetFunction]:
     def decorate(function: TargetFunction) -> TargetFunction:
         if name in TARGETS:
             raise ValueError(f"fuzz target {name!r} registered twice")
-        TARGETS[name] = Target(name, function, corpus, doc, expected)
+        TARGETS[name] = Target(name, function, corpus, doc, expected, timeout)
         return function
 
     return decorate
@@ -182,7 +186,6 @@ _DERIVED = (
     "architecture",
     "paging_mode",
     "la57",
-    "pcid_enabled",
     "dtb",
     "chunks",
 )
@@ -288,3 +291,37 @@ def stream_input(value: bytes) -> bytes:
 def xpress_input(stream: bytes, out_size: int) -> bytes:
     """Frame an XPRESS stream and its output size as a ``stream`` target input."""
     return bytes([STREAM_MODE_XPRESS]) + struct.pack("<I", out_size)[:3] + stream
+
+
+# --- (e) every plugin of the pack, through Volatility's automagic ------------------------
+PLUGIN_SECONDS = 5.0
+
+
+class PluginTooSlow(AssertionError):
+    """A pack plugin took longer than the 5 s every malformed file is allowed.
+
+    Counted from the constructed plugin: Volatility's own automagic (its Windows DTB
+    scan over a layer without a published DTB, say) is bounded by the target's timeout.
+    """
+
+
+@register(
+    "plugins",
+    corpus="file",
+    doc="every vmrs.* plugin on the file through Volatility's automagic (stacker included)",
+    expected=(),
+    timeout=6 * PLUGIN_SECONDS,
+)
+def plugins_target(data: bytes) -> None:
+    from fuzz.plugin_harness import PACK_PLUGINS, run_pack_plugin
+    from volatility3_vmrs.refusal import PluginRefusal
+
+    with tempfile.TemporaryDirectory(prefix="vmrs-fuzz-") as directory:
+        path = Path(directory) / "input.vmrs"
+        path.write_bytes(data)
+        for plugin in PACK_PLUGINS:
+            outcome = run_pack_plugin(path, plugin)
+            if outcome.error is not None and not isinstance(outcome.error, PluginRefusal):
+                raise outcome.error
+            if outcome.plugin_seconds > PLUGIN_SECONDS:
+                raise PluginTooSlow(f"{plugin} took {outcome.plugin_seconds:.1f} s")
