@@ -21,7 +21,7 @@ import bisect
 import itertools
 import re
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from . import paths
 from .diagnostics import Diagnostics, Kind
@@ -69,7 +69,6 @@ RAM_MEMORY_BLOCK_FLAGS = {
 }
 
 _RAM_MEMORY_BLOCK_NAME = re.compile(r"RamMemoryBlock(\d+)\Z")
-_RAM_BLOCK_NAME = re.compile(r"RamBlock(\d+)\Z")
 _MEMORY_KEY_PREFIXES = ("RamMemoryBlock", "RamBlock", "RamIndexStart", "RamVtlInfo")
 _SHOWN_MISSING = 8
 
@@ -108,8 +107,7 @@ class MemoryRange:
         return [name for bit, name in RAM_MEMORY_BLOCK_FLAGS.items() if self.flags & bit]
 
 
-@dataclass(frozen=True)
-class BlockLocation:
+class BlockLocation(NamedTuple):
     """Where the bytes of one 1 MiB RamBlock lie in the file (raw, or a page stream)."""
 
     number: int
@@ -254,14 +252,16 @@ def memory_keys(storage: HyperVStorage, diag: Diagnostics) -> Tuple[Dict[int, Ke
     blocks: Dict[int, Key] = {}
     unknown: List[str] = []
     for key in storage.get(paths.SAVEDSTATE).children:
-        known = False
-        for pattern, found in ((_RAM_MEMORY_BLOCK_NAME, ranges), (_RAM_BLOCK_NAME, blocks)):
-            match = pattern.match(key.name)
-            if match:
-                # Keys are stored in text order, RamBlock10 before RamBlock2.
-                found[int(match.group(1))] = key
-                known = True
-        if not known and key.name.startswith(_MEMORY_KEY_PREFIXES) and not key.is_node:
+        # Numbers come from the names: keys are stored in text order, RamBlock10 first.
+        name = key.name
+        if name.startswith("RamBlock") and name[8:].isdigit() and name[8:].isascii():
+            blocks[int(name[8:])] = key
+            continue
+        match = _RAM_MEMORY_BLOCK_NAME.match(name)
+        if match:
+            ranges[int(match.group(1))] = key
+            continue
+        if name.startswith(_MEMORY_KEY_PREFIXES) and not key.is_node:
             unknown.append(key.name)
         # Older files (UNVERIFIED): RamMemoryBlock/<n> and RamBlock/<n> as nodes.
         if key.is_node and key.name in ("RamMemoryBlock", "RamBlock"):
@@ -474,8 +474,9 @@ def map_saved_state(
         )
     parsed = [parse_range(n, key, vm_version, diag) for n, key in sorted(range_keys.items())]
     blocks: Dict[int, BlockLocation] = {}
+    file_size = storage.source.file_size
     for number, key in block_keys.items():
-        if key.type != KeyType.ARRAY:
+        if key.type is not KeyType.ARRAY:
             diag.warn(
                 Kind.MEMORY, "RamBlock", f"type {key.type.name}, expected Array", key_path=key.path
             )
@@ -488,7 +489,7 @@ def map_saved_state(
                 key_path=key.path,
             )
             continue
-        if key.value_offset + key.size > storage.source.file_size:
+        if key.value_offset + key.size > file_size:
             # Cut off by a truncation (already reported): missing, not half-readable.
             continue
         blocks[number] = BlockLocation(number, key.path, key.value_offset, key.size)

@@ -19,8 +19,8 @@ from __future__ import annotations
 import bisect
 import enum
 import struct
-from dataclasses import dataclass, field, replace
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, replace
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 from . import structs as S
 from .diagnostics import Diagnostics, Kind
@@ -60,6 +60,13 @@ class KeyType(enum.IntEnum):
     BOOL = 8
     NODE = 9
 
+
+_KEY_TYPES = {int(key_type): key_type for key_type in KeyType}
+_FREE = int(KeyType.FREE)
+_VALUE_TYPES = frozenset(int(t) for t in KeyType if t not in (KeyType.FREE, KeyType.UNKNOWN))
+_LENGTH_PREFIXED = frozenset((int(KeyType.STRING), int(KeyType.ARRAY)))
+_ENTRY_HEADER_SIZE = S.KEY_ENTRY_HEADER.size
+_ENTRY_CHECKSUM_AT = S.KEY_ENTRY_HEADER.offset_of("checksum")
 
 # Bytes each fixed-size type occupies after the name.
 _FIXED_VALUE_SIZE = {
@@ -129,27 +136,61 @@ class ObjectEntry:
     slot_offset: int
 
 
-@dataclass
 class Key:
     """One key of the tree: a node or a typed value.
 
     ``size`` is the length of the value in bytes (for file objects the exact length the
-    key declares, not the aligned object size). Values are decoded on request.
+    key declares, not the aligned object size). Values are decoded on request. Keys use
+    slots: a 64 GiB saved state has 65,536 RamBlock keys.
     """
 
-    source: ReadOnlySource = field(repr=False)
-    path: str
-    name: str
-    type: KeyType
-    flags: int
-    table_index: int
-    entry_offset: int  # offset of the entry inside its key table
-    file_offset: int  # file offset of the entry
-    insertion_sequence: int
-    value_offset: int  # file offset of the value bytes (inline or file object data)
-    size: int
-    parent: Optional[Key] = field(default=None, repr=False)
-    children: List[Key] = field(default_factory=list, repr=False)
+    __slots__ = (
+        "children",
+        "entry_offset",
+        "file_offset",
+        "flags",
+        "insertion_sequence",
+        "name",
+        "parent",
+        "path",
+        "size",
+        "source",
+        "table_index",
+        "type",
+        "value_offset",
+    )
+
+    def __init__(
+        self,
+        source: ReadOnlySource,
+        path: str,
+        name: str,
+        type: KeyType,
+        flags: int,
+        table_index: int,
+        entry_offset: int,  # offset of the entry inside its key table
+        file_offset: int,  # file offset of the entry
+        insertion_sequence: int,
+        value_offset: int,  # file offset of the value bytes (inline or file object data)
+        size: int,
+        parent: Optional[Key] = None,
+    ) -> None:
+        self.source = source
+        self.path = path
+        self.name = name
+        self.type = type
+        self.flags = flags
+        self.table_index = table_index
+        self.entry_offset = entry_offset
+        self.file_offset = file_offset
+        self.insertion_sequence = insertion_sequence
+        self.value_offset = value_offset
+        self.size = size
+        self.parent = parent
+        self.children: List[Key] = []
+
+    def __repr__(self) -> str:
+        return f"Key({self.path!r}, {self.type.name}, size={self.size:#x})"
 
     @property
     def is_file_object(self) -> bool:
@@ -231,8 +272,7 @@ class _Regions:
         return True
 
 
-@dataclass
-class _RawEntry:
+class _RawEntry(NamedTuple):
     """A parsed key entry before its path is known."""
 
     table_index: int
@@ -842,17 +882,9 @@ def _parse_key_entry(
 ) -> Optional[_RawEntry]:
     where = table_offset + offset
     entry_end = offset + header.size
-    if header.type == KeyType.FREE:
+    if header.type == _FREE:
         return None
-    if header.type not in (
-        KeyType.INT,
-        KeyType.UINT,
-        KeyType.DOUBLE,
-        KeyType.STRING,
-        KeyType.ARRAY,
-        KeyType.BOOL,
-        KeyType.NODE,
-    ):
+    if header.type not in _VALUE_TYPES:
         diag.warn(
             Kind.KEY_TREE,
             "key entry",
@@ -860,7 +892,7 @@ def _parse_key_entry(
             offset=where,
         )
         return None
-    name_start = offset + S.KEY_ENTRY_HEADER.size
+    name_start = offset + _ENTRY_HEADER_SIZE
     name_end = name_start + header.name_size
     if header.name_size == 0 or name_end > entry_end:
         diag.warn(
@@ -886,7 +918,7 @@ def _parse_key_entry(
     if header.flags & S.KEY_FLAG_FILE_OBJECT:
         stored = S.FILE_OBJECT_POINTER.size
     elif header.type in _FIXED_VALUE_SIZE:
-        stored = _FIXED_VALUE_SIZE[KeyType(header.type)]
+        stored = _FIXED_VALUE_SIZE[header.type]
     else:
         if name_end + 4 > entry_end:
             stored = 4
@@ -901,7 +933,7 @@ def _parse_key_entry(
             offset=where,
         )
         return None
-    checksum_at = offset + S.KEY_ENTRY_HEADER.offset_of("checksum")
+    checksum_at = offset + _ENTRY_CHECKSUM_AT
     expected = S.crc32(
         raw[offset:checksum_at] + b"\0\0\0\0" + raw[checksum_at + 4 : name_end + stored]
     )
@@ -916,7 +948,7 @@ def _parse_key_entry(
     if header.flags & S.KEY_FLAG_FILE_OBJECT:
         pointer = S.FILE_OBJECT_POINTER.unpack(raw, name_end, where=table_offset + name_end)
         value_offset, value_size = pointer.file_offset, pointer.value_length
-    elif header.type in (KeyType.STRING, KeyType.ARRAY):
+    elif header.type in _LENGTH_PREFIXED:
         value_offset, value_size = table_offset + name_end + 4, stored - 4
     else:
         value_offset, value_size = table_offset + name_end, stored
@@ -936,9 +968,23 @@ def build_tree(
     """
     by_location = {(entry.table_index, entry.offset): entry for entry in raw_entries}
     root_location = (0, 0)
-    # reachable[location] is True when the parent chain ends at the root.
-    reachable: Dict[Tuple[int, int], bool] = {root_location: True}
+    # Children by parent location; a walk from the root through nodes reaches every key
+    # of a sound tree in one pass.
+    by_parent: Dict[Tuple[int, int], List[_RawEntry]] = {}
     for entry in raw_entries:
+        by_parent.setdefault(_parent_location(entry), []).append(entry)
+    reachable: Dict[Tuple[int, int], bool] = {root_location: True}
+    pending = [root_location]
+    while pending:
+        for entry in by_parent.get(pending.pop(), ()):
+            location = (entry.table_index, entry.offset)
+            if location not in reachable:
+                reachable[location] = True
+                if entry.header.type == KeyType.NODE:
+                    pending.append(location)
+    # What the walk missed: explain each (cycle, dangling parent, parent not a node).
+    unreached = [e for e in raw_entries if (e.table_index, e.offset) not in reachable]
+    for entry in unreached:
         chain: List[Tuple[int, int]] = []
         on_chain = set()
         location = (entry.table_index, entry.offset)
@@ -986,9 +1032,10 @@ def build_tree(
             reachable[item] = verdict
 
     children: Dict[Tuple[int, int], List[_RawEntry]] = {}
-    for entry in raw_entries:
-        if reachable.get((entry.table_index, entry.offset)):
-            children.setdefault(_parent_location(entry), []).append(entry)
+    for location, members in by_parent.items():
+        kept = [e for e in members if reachable.get((e.table_index, e.offset))]
+        if kept:
+            children[location] = kept
 
     root = Key(
         source=source,
@@ -1023,37 +1070,44 @@ def build_tree(
             key=lambda item: (item.header.insertion_sequence, item.table_index, item.offset)
         )
         seen_names: Dict[str, int] = {}
+        prefix = parent_key.path.rstrip("/") + "/"
+        add_child = parent_key.children.append
         for raw in siblings:
             # Several siblings may share a name: that is how the container stores
             # arrays of nodes (e.g. .../metrics/devicetype). The first keeps the plain
             # name, later ones get "[n]" so every path stays unique.
-            occurrence = seen_names.get(raw.name, 0)
-            seen_names[raw.name] = occurrence + 1
-            label = raw.name if occurrence == 0 else f"{raw.name}[{occurrence}]"
-            path = parent_key.path.rstrip("/") + "/" + label
-            if occurrence and raw.header.type != KeyType.NODE:
-                diag.warn(
-                    Kind.KEY_TREE,
-                    "key entry",
-                    f"value key name repeated under the same parent; kept as {label}",
-                    offset=raw.file_offset,
-                    key_path=path,
-                )
+            name = raw.name
+            header = raw.header
+            occurrence = seen_names.get(name, 0)
+            seen_names[name] = occurrence + 1
+            if occurrence:
+                label = f"{name}[{occurrence}]"
+                path = prefix + label
+                if header.type != KeyType.NODE:
+                    diag.warn(
+                        Kind.KEY_TREE,
+                        "key entry",
+                        f"value key name repeated under the same parent; kept as {label}",
+                        offset=raw.file_offset,
+                        key_path=path,
+                    )
+            else:
+                path = prefix + name
             key = Key(
-                source=source,
-                path=path,
-                name=raw.name,
-                type=KeyType(raw.header.type),
-                flags=raw.header.flags,
-                table_index=raw.table_index,
-                entry_offset=raw.offset,
-                file_offset=raw.file_offset,
-                insertion_sequence=raw.header.insertion_sequence,
-                value_offset=raw.value_offset,
-                size=raw.value_size,
-                parent=parent_key,
+                source,
+                path,
+                name,
+                _KEY_TYPES[header.type],
+                header.flags,
+                raw.table_index,
+                raw.offset,
+                raw.file_offset,
+                header.insertion_sequence,
+                raw.value_offset,
+                raw.value_size,
+                parent_key,
             )
-            parent_key.children.append(key)
+            add_child(key)
             keys[path] = key
             path_chars += len(path)
             if path_chars > MAX_TOTAL_PATH_CHARS:
@@ -1064,8 +1118,9 @@ def build_tree(
                     offset=raw.file_offset,
                     key_path=path[:200],
                 )
-            _check_file_object(source, file_objects, key, diag)
-            if key.is_node:
+            if header.flags & S.KEY_FLAG_FILE_OBJECT:
+                _check_file_object(source, file_objects, key, diag)
+            if key.type is KeyType.NODE:
                 queue.append(((raw.table_index, raw.offset), key, depth + 1))
     return root, keys
 
