@@ -1,0 +1,171 @@
+"""``vmrs registers FILE``: the saved registers of every virtual processor and VTL.
+
+One row per VP, VTL and register of the dump provider's legacy ``REGISTER_ID_X64`` enum
+(``REGISTER_ID_X86`` for a VP in 32-bit mode), named without the ``X64_Register`` /
+``X86_Register`` prefix. Segment registers, TR and LDTR carry their hidden part.
+``--register`` takes names case-insensitively: ``rip``, ``X64_RegisterRip``, ``cs`` for
+``SegCs``, ``xmm0`` for both ``LowXmm0`` and ``HighXmm0``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from enum import Enum
+from typing import Any, Dict, List, Optional, Sequence, Set, Type
+
+from volatility3_vmrs.savedstate.errors import VmrsError
+from volatility3_vmrs.savedstate.types import (
+    REGISTER_ID_X64,
+    REGISTER_ID_X86,
+    VIRTUAL_PROCESSOR_ARCH,
+    Segment,
+)
+
+from .common import (
+    EXIT_OK,
+    CliError,
+    add_file_argument,
+    add_json_argument,
+    hex_or_none,
+    open_dump,
+    print_json,
+    print_table,
+)
+
+# Legacy short name -> the RegisterSet attribute holding the whole segment.
+SEGMENT_ATTRIBUTES = {
+    "SegCs": "cs", "SegDs": "ds", "SegEs": "es", "SegFs": "fs", "SegGs": "gs",
+    "SegSs": "ss", "Tr": "tr", "Ldtr": "ldtr",
+}  # fmt: skip
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser("registers", help="saved registers per VP and VTL")
+    add_file_argument(parser)
+    parser.add_argument("--vp", type=int, metavar="N", help="only this virtual processor")
+    parser.add_argument("--vtl", type=int, metavar="N", help="only this virtual trust level")
+    parser.add_argument(
+        "--register", nargs="+", metavar="NAME", help="only these registers (rip cr3 cs xmm0)"
+    )
+    add_json_argument(parser)
+
+
+def short_name(member: Enum) -> str:
+    return member.name.split("_Register", 1)[1]
+
+
+def members(enum_type: Type[Enum]) -> List[Enum]:
+    return [m for m in enum_type if not m.name.endswith("_RegisterCount")]
+
+
+def aliases(member: Enum) -> Set[str]:
+    short = short_name(member)
+    names = {short.lower(), member.name.lower()}
+    if short.startswith("Seg"):
+        names.add(short[3:].lower())
+    for half in ("Low", "High"):
+        if short.startswith(half):
+            names.add(short[len(half) :].lower())
+    return names
+
+
+def check_names(wanted: Optional[Sequence[str]]) -> None:
+    if not wanted:
+        return
+    known: Set[str] = set()
+    for enum_type in (REGISTER_ID_X64, REGISTER_ID_X86):
+        for member in members(enum_type):
+            known |= aliases(member)
+    unknown = [name for name in wanted if name.strip().lower() not in known]
+    if unknown:
+        raise CliError(f"unknown register name(s): {', '.join(unknown)}")
+
+
+def _enum_for(registers: Any) -> Type[Enum]:
+    try:
+        if registers.architecture == VIRTUAL_PROCESSOR_ARCH.Arch_x86:
+            return REGISTER_ID_X86
+    except VmrsError:
+        pass  # no control registers: the x64 ids
+    return REGISTER_ID_X64
+
+
+def _decode_segment(segment: Segment) -> str:
+    parts = [
+        f"type={segment.segment_type:#x}",
+        "code/data" if segment.non_system else "system",
+        f"DPL={segment.dpl}",
+        f"RPL={segment.rpl}",
+    ]
+    flags = (
+        (segment.present, "P"), (segment.available, "AVL"), (segment.long, "L"),
+        (segment.default, "D/B"), (segment.granularity, "G"),
+    )  # fmt: skip
+    return " ".join(parts + [name for on, name in flags if on])
+
+
+def _row(vp: int, vtl: int, registers: Any, member: Enum) -> Dict[str, Any]:
+    name = short_name(member)
+    row: Dict[str, Any] = {
+        "vp": vp, "vtl": vtl, "register": name, "value": None, "selector": None,
+        "base": None, "limit": None, "attributes": None, "decoded": None, "error": None,
+    }  # fmt: skip
+    try:
+        row["value"] = int(registers.get(member))
+        attribute = SEGMENT_ATTRIBUTES.get(name)
+        if attribute is not None:
+            segment: Segment = getattr(registers, attribute)
+            row.update(
+                selector=segment.selector,
+                base=segment.base,
+                limit=segment.limit,
+                attributes=segment.attributes,
+                decoded=_decode_segment(segment),
+            )
+    except VmrsError as error:
+        row["error"] = str(error)
+    return row
+
+
+def rows(dump: Any, vp: Optional[int], vtl: Optional[int], wanted: Optional[Sequence[str]]):
+    vps = list(dump.vp_indices)
+    if vp is not None:
+        if vp not in vps:
+            raise CliError(f"no virtual processor {vp} (the file has {vps})")
+        vps = [vp]
+    asked = {name.strip().lower() for name in wanted} if wanted else None
+    found: List[Dict[str, Any]] = []
+    vtl_seen = False
+    for index in vps:
+        processor = dump.vp(index)
+        for level in sorted(processor.vtls):
+            if vtl is not None and level != vtl:
+                continue
+            vtl_seen = True
+            registers = processor.vtls[level]
+            for member in members(_enum_for(registers)):
+                if asked is None or aliases(member) & asked:
+                    found.append(_row(index, level, registers, member))
+    if vtl is not None and not vtl_seen:
+        raise CliError(f"no register state for VTL {vtl} in VP(s) {vps}")
+    return found
+
+
+def run(args: argparse.Namespace) -> int:
+    check_names(args.register)
+    with open_dump(args.file) as dump:
+        found = rows(dump, args.vp, args.vtl, args.register)
+    if args.json:
+        print_json({"command": "registers", "file": args.file, "registers": found})
+        return EXIT_OK
+    print_table(
+        ("VP", "VTL", "Register", "Value", "Selector", "Base", "Limit", "Attributes", "Decoded"),
+        (
+            (r["vp"], r["vtl"], r["register"],
+             hex_or_none(r["value"]) if r["error"] is None else f"<unreadable: {r['error']}>",
+             hex_or_none(r["selector"]), hex_or_none(r["base"]), hex_or_none(r["limit"]),
+             hex_or_none(r["attributes"]), r["decoded"])
+            for r in found
+        ),
+    )  # fmt: skip
+    return EXIT_OK
