@@ -177,3 +177,35 @@ def test_filetime_zero_is_not_a_date_and_model_is_frozen():
 def test_container_without_configuration_is_empty():
     with open_storage(io.BytesIO(_container({"/savedstate/VmVersion": 0x0A00}))) as storage:
         assert read_configuration(storage).empty
+
+
+# --- the vmrs.config plugin in the stock vol -------------------------------------------------
+def test_vol_config_plugin_shows_the_configuration_of_a_saved_state(
+    sample_paths, tmp_path, vol_cache
+):
+    """A saved state carrying the .vmcx sample's /configuration keys: vol shows them."""
+    from tests.support.container_writer import UInt
+    from tests.support.guests import windows_guest
+    from tests.support.plugin_runner import run_vol
+    from volatility3_vmrs.savedstate.storage import KeyType
+    from volatility3_vmrs.savedstate.types import PAGING_MODE
+
+    extra = {}
+    with open_storage(sample_paths["dissect-test.vmcx"]) as storage:
+        for key in storage.walk("/configuration"):
+            if key.is_node or "[" in key.path or key.path == "/configuration/properties/version":
+                continue
+            extra[key.path] = UInt(key.value) if key.type == KeyType.UINT else key.value
+    guest = windows_guest(PAGING_MODE.Paging_Long, extra_keys=extra)
+    path = tmp_path / "configured.vmrs"
+    path.write_bytes(guest.data)
+    rows = {row["Setting"]: row for row in run_vol(vol_cache, path, "vmrs.config").json_rows()}
+    with open(sample_paths["dissect-test.vmcx"], "rb") as handle:
+        configuration = HyperVFile(handle).as_dict()["configuration"]
+    assert rows["VM name"]["Value"] == configuration["properties"]["name"]
+    assert rows["VM name"]["Key path"] == "/configuration/properties/name"
+    assert rows["Processors"]["Value"] == str(configuration["settings"]["processors"]["count"])
+    startup = configuration["settings"]["memory"]["bank"]["size"] * 1024 * 1024
+    assert rows["Startup memory (bytes)"]["Value"] == str(startup)
+    disk = configuration["_83f8638b-8dca-4152-9eda-2ca8b33039b4_"]["controller0"]["drive0"]
+    assert rows["Disk Microsoft Emulated IDE Controller 0:0 path"]["Value"] == disk["pathname"]
