@@ -16,6 +16,7 @@ PACK_PLUGINS = (
     "vmrs.keys.Keys",
     "vmrs.pescan.PEScan",
     "vmrs.vtop.Vtop",
+    "vmrs.config.Config",
 )
 
 
@@ -52,6 +53,7 @@ def test_wheel_install_lists_plugins_and_uninstall_removes_them(tmp_path):
     for plugin in PACK_PLUGINS:
         assert plugin in listing, plugin
     assert "windows.pslist.PsList" in listing  # the stock plugins are all still there
+    assert "verify" in run(venv / "bin" / "vmrs", "-h").stdout  # the console script
 
     run(python, "-m", "pip", "uninstall", "-y", "-q", "volatility3-vmrs")
     listing = run(venv / "bin" / "vol", "-h").stdout
@@ -59,3 +61,4 @@ def test_wheel_install_lists_plugins_and_uninstall_removes_them(tmp_path):
     assert "windows.pslist.PsList" in listing
     assert [digest(path) for path in own_files] == before
     assert not (site / "plugins" / "vmrs").exists()
+    assert not (venv / "bin" / "vmrs").exists()

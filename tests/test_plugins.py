@@ -41,7 +41,7 @@ from volatility3_vmrs.savedstate.types import (
     Segment,
 )
 
-PLUGINS = ("info", "registers", "memmap", "keys", "pescan", "vtop")
+PLUGINS = ("info", "registers", "memmap", "keys", "pescan", "vtop", "config")
 DISTLIB = Path(os.path.dirname(pip._vendor.distlib.__file__))
 KERNEL = 0xFFFFF80000000000
 MASK64 = (1 << 64) - 1
