@@ -79,15 +79,23 @@ N_INT, N_STR = nullable(INT), nullable(STR)
 SOURCED = nullable(obj({"value": {}, "raw": {}, "key_path": STR}))
 DIAGNOSTIC = obj(
     {
-        "kind": STR,
+        "kind": {
+            "enum": [
+                "checksum", "signature", "header", "truncated", "object-table", "key-tree",
+                "replay-log", "memory", "missing-block", "bad-block", "partition-state",
+                "assumption", "companion",
+            ]
+        },
         "severity": {"enum": ["note", "warning", "error"]},
+        "phase": {"enum": ["open", "read"]},
         "structure": STR,
-        "message": STR,
         "offset": N_INT,
         "key_path": N_STR,
+        "message": STR,
+        "detail": N_STR,
         "text": STR,
     }
-)
+)  # fmt: skip
 LIST = {"type": "array"}
 SCHEMAS = {
     "info": obj(
@@ -95,7 +103,7 @@ SCHEMAS = {
             "command": {"const": "info"},
             "file": STR,
             "file_size": INT,
-            "kind": {"enum": ["saved-state", "configuration-only"]},
+            "kind": {"enum": ["saved-state", "configuration-only", "truncated"]},
             "container": obj(
                 {
                     "format_version": INT,
@@ -106,6 +114,7 @@ SCHEMAS = {
                     "replay_log": STR,
                     "key_tables": INT,
                     "keys": INT,
+                    "truncated": N_STR,
                 }
             ),
             "configuration": obj({"name": N_STR, "vm_id": N_STR, "version": N_STR}),
@@ -115,10 +124,10 @@ SCHEMAS = {
                         "vm_version": N_INT,
                         "vm_version_text": N_STR,
                         "type": N_STR,
-                        "memory_ranges": INT,
-                        "guest_ram_bytes": INT,
-                        "vp_count": INT,
-                        "enabled_vtls": INT,
+                        "memory_ranges": N_INT,
+                        "guest_ram_bytes": N_INT,
+                        "vp_count": N_INT,
+                        "enabled_vtls": N_INT,
                         "processors": {
                             "type": "array",
                             "items": obj(
@@ -133,7 +142,7 @@ SCHEMAS = {
                                 }
                             ),
                         },
-                        "guest_os": obj({"id": INT, "description": STR}),
+                        "guest_os": nullable(obj({"id": INT, "description": STR})),
                     }
                 )
             ),
@@ -319,7 +328,7 @@ SCHEMAS = {
                 "type": "object",
                 "required": ["key_tables", "keys", "values_decoded", "partition_state"],
                 "properties": {
-                    "partition_state": {"enum": ["absent", "parsed", "unreadable"]},
+                    "partition_state": {"enum": ["absent", "parsed", "unreadable", "truncated"]},
                     **{
                         name: INT
                         for name in (
@@ -619,6 +628,22 @@ def test_verify_names_a_flipped_byte_in_a_key_table(capsys, sample_paths, tmp_pa
     code, out, _ = run(capsys, "verify", path)
     assert code == 1 and f"key entry at file offset {entry_offset:#x}" in out
     assert "1 damaged item(s)" in out
+
+
+def test_a_truncated_saved_state_is_called_truncated(capsys, guest, tmp_path):
+    path = tmp_path / "cut.vmrs"
+    path.write_bytes(guest.data[: len(guest.data) // 2])
+    code, document = checked_json(capsys, "info", path)
+    assert code == 0 and document["kind"] == "truncated"
+    assert document["container"]["truncated"].startswith("truncated: ")
+    code, out, _ = run(capsys, "info", path)
+    assert "configuration only" not in out and "the file is truncated" in out
+    code, document = checked_json(capsys, "verify", path)
+    assert code == 1 and document["checked"]["partition_state"] == "truncated"
+    assert any(d["kind"] == "truncated" for d in document["damage"])
+    for command in ("registers", "memmap"):
+        code, _, err = run(capsys, command, path)
+        assert code == 2 and "truncated: " in assert_one_error_line(err, command)
 
 
 def test_verify_random_bytes_is_unusable(capsys, tmp_path):

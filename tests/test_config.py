@@ -209,3 +209,18 @@ def test_vol_config_plugin_shows_the_configuration_of_a_saved_state(
     assert rows["Startup memory (bytes)"]["Value"] == str(startup)
     disk = configuration["_83f8638b-8dca-4152-9eda-2ca8b33039b4_"]["controller0"]["drive0"]
     assert rows["Disk Microsoft Emulated IDE Controller 0:0 path"]["Value"] == disk["pathname"]
+
+
+def test_vol_config_plugin_on_a_vmcx(sample_paths, vol_cache):
+    """Configuration-only containers stack (an empty layer): vmrs.config reads the .vmcx."""
+    from tests.support.plugin_runner import run_vol
+
+    path = sample_paths["dissect-test.vmcx"]
+    rows = run_vol(vol_cache, path, "vmrs.config").json_rows()
+    with open(path, "rb") as handle:
+        configuration = HyperVFile(handle).as_dict()["configuration"]
+    by_path = {row["Key path"]: row["Value"] for row in rows}
+    assert by_path["/configuration/properties/name"] == configuration["properties"]["name"]
+    count = configuration["settings"]["processors"]["count"]
+    assert by_path["/configuration/settings/processors/count"] == str(count)
+    assert not any(row["Setting"] == "Problem" for row in rows)

@@ -73,10 +73,11 @@ def open_container(path: str) -> HyperVStorage:
         raise CliError(_describe_not_a_container(path, error)) from None
 
 
-def open_dump(path: str) -> SavedStateDump:
-    """The saved state at ``path``; a configuration-only container is refused clearly."""
+def open_dump(path: str, **options: Any) -> SavedStateDump:
+    """The saved state at ``path``; a configuration-only container is refused clearly
+    unless ``require_saved_state=False`` is passed."""
     try:
-        return SavedStateDump(path)
+        return SavedStateDump(path, **options)
     except NotAContainerError as error:
         raise CliError(_describe_not_a_container(path, error)) from None
 

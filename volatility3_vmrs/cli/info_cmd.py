@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 from volatility3_vmrs.savedstate import SavedStateDump
 from volatility3_vmrs.savedstate.config import read_configuration, version_text
-from volatility3_vmrs.savedstate.errors import PartitionStateNotFoundError, VmrsError
-from volatility3_vmrs.savedstate.memory import PAGE_SIZE
+from volatility3_vmrs.savedstate.errors import VmrsError
+from volatility3_vmrs.savedstate.memory_map import PAGE_SIZE
 
 from . import facts
 from .common import (
     EXIT_OK,
     add_file_argument,
     add_json_argument,
-    open_container,
     open_dump,
     print_fields,
     print_json,
@@ -29,6 +28,7 @@ from .common import (
 
 KIND_SAVED_STATE = "saved-state"
 KIND_CONFIGURATION = "configuration-only"
+KIND_TRUNCATED = "truncated"  # cut short: whether it held a saved state cannot be told
 
 
 def add_parser(subparsers: Any) -> None:
@@ -67,18 +67,22 @@ def _processors(dump: SavedStateDump) -> List[Dict[str, Any]]:
 
 
 def _saved_state(dump: SavedStateDump) -> Dict[str, Any]:
-    ranges = facts.ranges(dump)
-    os_info = dump.guest_os_info(0)
+    """Memory and processor facts; ``None`` for the parts the file does not hold."""
+    ranges = dump.memory.map.ranges if dump.memory is not None else None
+    partition = dump.partition is not None
+    os_info = dump.guest_os_info(0) if partition else None
     return {
         "vm_version": dump.vm_version,
         "vm_version_text": None if dump.vm_version is None else version_text(dump.vm_version),
         "type": dump.saved_state_type,
-        "memory_ranges": len(ranges),
-        "guest_ram_bytes": sum(r.page_count for r in ranges) * PAGE_SIZE,
-        "vp_count": dump.vp_count,
-        "enabled_vtls": dump.guest_enabled_vtls,
-        "processors": _processors(dump),
-        "guest_os": {"id": os_info.raw, "description": os_info.describe()},
+        "memory_ranges": None if ranges is None else len(ranges),
+        "guest_ram_bytes": None if ranges is None else dump.memory.map.total_pages * PAGE_SIZE,
+        "vp_count": dump.vp_count if partition else None,
+        "enabled_vtls": dump.guest_enabled_vtls if partition else None,
+        "processors": _processors(dump) if partition else [],
+        "guest_os": None
+        if os_info is None
+        else {"id": os_info.raw, "description": os_info.describe()},
     }
 
 
@@ -93,35 +97,24 @@ def _configuration(storage: Any) -> Dict[str, Any]:
 
 def collect(path: str) -> Dict[str, Any]:
     """The ``info`` document of one file."""
-    document: Dict[str, Any] = {
-        "command": "info",
-        "file": path,
-        "file_size": os.path.getsize(path),
-    }
-    try:
-        dump: Optional[SavedStateDump] = open_dump(path)
-    except PartitionStateNotFoundError:
-        dump = None
-    if dump is None:
-        with open_container(path) as storage:
-            document.update(
-                kind=KIND_CONFIGURATION,
-                container=facts.container(storage),
-                configuration=_configuration(storage),
-                saved_state=None,
-                diagnostics=facts.diagnostics(storage.warnings),
-            )
-        return document
-    with dump:
-        storage = facts.storage_of(dump)
-        document.update(
-            kind=KIND_SAVED_STATE,
-            container=facts.container(storage),
-            configuration=_configuration(storage),
-            saved_state=_saved_state(dump),
-            diagnostics=facts.diagnostics(dump.warnings),
-        )
-    return document
+    with open_dump(path, require_saved_state=False) as dump:
+        saved = dump.is_saved_state
+        if saved:
+            kind = KIND_SAVED_STATE
+        elif dump.storage.truncation is not None:
+            kind = KIND_TRUNCATED
+        else:
+            kind = KIND_CONFIGURATION
+        return {
+            "command": "info",
+            "file": path,
+            "file_size": os.path.getsize(path),
+            "kind": kind,
+            "container": facts.container(dump.storage),
+            "configuration": _configuration(dump.storage),
+            "saved_state": _saved_state(dump) if saved else None,
+            "diagnostics": facts.grouped(dump.diagnostics),
+        }
 
 
 def _lines(document: Dict[str, Any]) -> List[Tuple[str, Any]]:
@@ -140,21 +133,24 @@ def _lines(document: Dict[str, Any]) -> List[Tuple[str, Any]]:
         ),
         ("Replay log", container["replay_log"]),
         ("Keys", f"{container['keys']} in {container['key_tables']} key tables"),
+        ("Truncated", container["truncated"] or "no"),
         ("VM name", config["name"]),
         ("VM ID", config["vm_id"]),
         ("Configuration version", config["version"]),
     ]
     state = document["saved_state"]
-    if state is None:
+    if state is None and document["kind"] == KIND_TRUNCATED:
+        lines.append(("Guest memory", "unknown: the file is truncated (see above)"))
+    elif state is None:
         lines.append(("Guest memory", "none: the file holds configuration only"))
     else:
         ram = state["guest_ram_bytes"]
         lines += [
             ("Saved-state VM version", state["vm_version_text"]),
             ("Saved-state type", state["type"]),
-            ("Memory ranges", state["memory_ranges"]),
-            ("Guest RAM", f"{ram} bytes ({ram / (1 << 20):.1f} MiB)"),
-            ("Virtual processors", state["vp_count"]),
+            ("Memory ranges", state["memory_ranges"] if ram is not None else "none saved"),
+            ("Guest RAM", None if ram is None else f"{ram} bytes ({ram / (1 << 20):.1f} MiB)"),
+            ("Virtual processors", state["vp_count"] or "none: no processor state"),
         ]
         for vp in state["processors"]:
             if vp["error"]:
@@ -165,13 +161,14 @@ def _lines(document: Dict[str, Any]) -> List[Tuple[str, Any]]:
                     f"active VTL {vp['active_vtl']}, VTLs {vp['enabled_vtls']:#b}"
                 )
             lines.append((f"VP {vp['vp']}", detail))
-        lines.append(("VTLs enabled (partition)", f"{state['enabled_vtls']:#b}"))
         guest = state["guest_os"]
-        lines.append(("Guest OS", f"{guest['description']} (guest OS ID {guest['id']:#018x})"))
+        if guest is not None:
+            lines.append(("VTLs enabled (partition)", f"{state['enabled_vtls']:#b}"))
+            lines.append(("Guest OS", f"{guest['description']} (guest OS ID {guest['id']:#018x})"))
     problems = [d for d in document["diagnostics"] if d["severity"] != "note"]
     lines.append(("Integrity", "no problem found" if not problems else f"{len(problems)} problems"))
     for item in document["diagnostics"]:
-        lines.append((item["severity"].capitalize(), item["text"]))
+        lines.append((f"{item['severity'].capitalize()} ({item['kind']})", item["text"]))
     return lines
 
 

@@ -44,10 +44,9 @@ def _blocks(item: Dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     with open_dump(args.file) as dump:
-        memory = facts.memory_of(dump)
-        ranges = facts.ranges(dump)
+        ranges = dump.memory_ranges  # raises when the file holds no guest memory
         items: List[Dict[str, Any]] = [
-            facts.memory_range(memory, item, not args.quick)
+            facts.memory_range(dump.memory, item, not args.quick)
             for item in progress(ranges, len(ranges), "ranges")
         ]
     if args.json:

@@ -15,13 +15,22 @@ log the reader refuses).
 from __future__ import annotations
 
 import argparse
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from volatility3_vmrs.savedstate import HyperVStorage, SavedStateDump
-from volatility3_vmrs.savedstate.errors import IntegrityWarning, VmrsError, VmrsFormatError
-from volatility3_vmrs.savedstate.memory import BLOCK_SIZE, PAGE_SIZE, PAGES_PER_BLOCK
-from volatility3_vmrs.savedstate.provider import PARTITION_STATE_PATH
-from volatility3_vmrs.savedstate.storage import KeyType
+from volatility3_vmrs.savedstate import SavedStateDump
+from volatility3_vmrs.savedstate.diagnostics import Diagnostic, Kind, Severity
+from volatility3_vmrs.savedstate.errors import (
+    ChecksumError,
+    GuestMemoryFormatError,
+    KeyTreeError,
+    PartitionStateError,
+    ReplayLogError,
+    TruncatedError,
+    VmrsError,
+)
+from volatility3_vmrs.savedstate.memory import PageReader
+from volatility3_vmrs.savedstate.memory_map import BLOCK_SIZE, PAGE_SIZE
+from volatility3_vmrs.savedstate.storage import Key, KeyType
 
 from . import facts
 from .common import (
@@ -30,8 +39,19 @@ from .common import (
     add_file_argument,
     add_json_argument,
     open_container,
+    open_dump,
     print_json,
     progress,
+)
+
+# The model's kind for a reader exception that stopped a stage (most specific first).
+_ERROR_KINDS = (
+    (PartitionStateError, Kind.PARTITION_STATE),
+    (GuestMemoryFormatError, Kind.MEMORY),
+    (TruncatedError, Kind.TRUNCATED),
+    (ChecksumError, Kind.CHECKSUM),
+    (ReplayLogError, Kind.REPLAY_LOG),
+    (KeyTreeError, Kind.KEY_TREE),
 )
 
 
@@ -43,109 +63,118 @@ def add_parser(subparsers: Any) -> None:
     add_json_argument(parser)
 
 
-def _from_error(error: VmrsError, kind: str) -> Dict[str, Any]:
-    """A reader exception as a damage item."""
-    return facts.diagnostic(
-        IntegrityWarning(
-            kind=kind,
-            structure=getattr(error, "structure", type(error).__name__),
-            message=getattr(error, "detail", str(error)),
-            offset=getattr(error, "offset", None),
-            key_path=getattr(error, "key_path", None) or getattr(error, "block", None),
-        )
+def as_diagnostic(error: VmrsError, fallback: Kind = Kind.KEY_TREE) -> Diagnostic:
+    """A reader exception that stopped a stage, as an error-severity diagnostic."""
+    kind = next((k for cls, k in _ERROR_KINDS if isinstance(error, cls)), fallback)
+    return Diagnostic(
+        kind=kind,
+        severity=Severity.ERROR,
+        structure=getattr(error, "structure", type(error).__name__),
+        message=getattr(error, "detail", str(error)),
+        offset=getattr(error, "offset", None),
+        key_path=getattr(error, "key_path", None) or getattr(error, "block", None),
     )
 
 
-def _check_values(storage: HyperVStorage) -> Tuple[int, List[Dict[str, Any]]]:
-    """Decode every value that is not a byte array (arrays are checked by position)."""
+def check_values(keys: Iterator[Key]) -> Tuple[int, List[Diagnostic]]:
+    """Decode every value that is not a byte array (arrays are checked by extent)."""
     damage = []
     count = 0
-    for key in storage.walk():
+    for key in keys:
         if key.is_node or key.type == KeyType.ARRAY:
             continue
         count += 1
         try:
             key.value  # noqa: B018 - decoding is the check
-        except (VmrsError, ValueError) as error:
-            if isinstance(error, VmrsError):
-                damage.append(_from_error(error, "value"))
-            else:
-                damage.append(_from_error(VmrsFormatError(str(error), key_path=key.path), "value"))
+        except VmrsError as error:
+            damage.append(as_diagnostic(error))
     return count, damage
 
 
-def _block_spans(dump: SavedStateDump) -> List[Tuple[int, int, int]]:
-    """(RamBlock number, GPA, length) of every range piece that a present block holds."""
-    blocks = facts.block_keys(dump)
-    spans = []
-    for item in facts.ranges(dump):
-        end = item.mbp_start + item.page_count
-        for number in sorted(n for n in blocks if item.first_block <= n <= item.last_block):
-            lo = max(item.mbp_start, number * PAGES_PER_BLOCK)
-            hi = min(end, (number + 1) * PAGES_PER_BLOCK)
-            spans.append((number, (item.gpa_page + lo - item.mbp_start) * PAGE_SIZE,
-                          (hi - lo) * PAGE_SIZE))  # fmt: skip
-    return spans
+def _chunks(reader: PageReader) -> List[Tuple[int, int]]:
+    """(gpa, length) pieces of at most 1 MiB covering every readable run of the map."""
+    pieces = []
+    for gpa, length in reader.map.readable_runs():
+        for offset in range(0, length, BLOCK_SIZE):
+            pieces.append((gpa + offset, min(BLOCK_SIZE, length - offset)))
+    return pieces
 
 
-def _check_memory(dump: SavedStateDump) -> Tuple[Dict[str, int], List[Dict[str, Any]]]:
-    """Decode every page of every range that a present RamBlock holds."""
-    blocks = facts.block_keys(dump)
-    spans = _block_spans(dump)
-    failed: Dict[int, Dict[str, Any]] = {}
+def check_memory(dump: SavedStateDump) -> Tuple[Dict[str, int], List[Diagnostic]]:
+    """Read every page the map says the file holds: each RamBlock must decode.
+
+    Pages that do not decode are reported by the page reader into the dump's
+    diagnostics; an exception it raises without one is kept here.
+    """
+    reader = dump.memory
+    if reader is None:
+        return {}, []
+    pieces = _chunks(reader)
+    unexplained: List[Diagnostic] = []
     pages = 0
-    for number, gpa, length in progress(spans, len(spans), "RamBlocks"):
-        if number in failed:
-            continue
+    for gpa, length in progress(pieces, len(pieces), "RamBlocks"):
+        before = len(dump.diagnostics)
         try:
-            for offset in range(0, length, BLOCK_SIZE):
-                dump.read_physical(gpa + offset, min(BLOCK_SIZE, length - offset))
+            reader.read_physical(gpa, length)
             pages += length // PAGE_SIZE
         except VmrsError as error:
-            item = _from_error(error, "memory")
-            item["key_path"] = item["key_path"] or blocks[number].key_path
-            failed[number] = item
-    checked = {"memory_ranges": len(facts.ranges(dump)), "ramblocks": len(blocks),
-               "pages_decoded": pages}  # fmt: skip
-    return checked, list(failed.values())
+            if len(dump.diagnostics) == before:
+                unexplained.append(as_diagnostic(error, Kind.BAD_BLOCK))
+    checked = {
+        "memory_ranges": len(reader.map.ranges),
+        "ramblocks": len(reader.map.blocks),
+        "pages_decoded": pages,
+    }
+    return checked, unexplained
+
+
+def _open(path: str) -> Tuple[Optional[SavedStateDump], List[Diagnostic], Dict[str, Any]]:
+    """The dump, or (when its saved state cannot be read) what the container says."""
+    try:
+        return open_dump(path, require_saved_state=False), [], {}
+    except VmrsError as stopped:
+        with open_container(path) as storage:  # unusable container: raises, exit 2
+            count, damaged = check_values(storage.walk())
+            found = [*storage.diagnostics, *damaged, as_diagnostic(stopped)]
+            checked = {
+                "key_tables": len(storage.key_table_info),
+                "keys": len(storage.keys()),
+                "values_decoded": count,
+                "partition_state": "unreadable",
+            }
+        return None, found, checked
+
+
+def _partition_state(dump: SavedStateDump) -> str:
+    if dump.partition is not None:
+        return "parsed"
+    return "truncated" if dump.storage.truncation is not None else "absent"
 
 
 def verify(path: str) -> Dict[str, Any]:
     """The ``verify`` document: what was checked and what was found."""
-    found: List[Dict[str, Any]] = []
-    checked: Dict[str, Any] = {}
-    with open_container(path) as storage:
-        found += facts.diagnostics(storage.warnings)
-        checked["key_tables"] = len(storage.key_table_info)
-        checked["keys"] = len(storage.keys())
-        checked["values_decoded"], damaged_values = _check_values(storage)
-        found += damaged_values
-        has_state = PARTITION_STATE_PATH in storage
-    checked["partition_state"] = "absent"
-    if has_state:
-        dump: Optional[SavedStateDump] = None
-        try:
-            dump = SavedStateDump(path)
-        except VmrsError as error:
-            checked["partition_state"] = "unreadable"
-            found.append(_from_error(error, "saved-state"))
-        if dump is not None:
-            with dump:
-                checked["partition_state"] = "parsed"
-                container_count = len(storage.warnings)
-                found += facts.diagnostics(dump.warnings[container_count:])
-                memory_checked, damaged_blocks = _check_memory(dump)
-                checked.update(memory_checked)
-                found += damaged_blocks
-    damage = [item for item in found if item["severity"] != "note"]
-    notes = [item for item in found if item["severity"] == "note"]
+    dump, found, checked = _open(path)
+    if dump is not None:
+        with dump:
+            count, damaged = check_values(dump.keys())
+            checked = {
+                "key_tables": len(dump.storage.key_table_info),
+                "keys": len(dump.storage.keys()),
+                "values_decoded": count,
+                "partition_state": _partition_state(dump),
+            }
+            memory_checked, unexplained = check_memory(dump)
+            checked.update(memory_checked)
+            found = [*dump.diagnostics, *damaged, *unexplained]
+    damage = [item for item in found if item.severity >= Severity.WARNING]
+    notes = [item for item in found if item.severity < Severity.WARNING]
     return {
         "command": "verify",
         "file": path,
         "intact": not damage,
         "checked": checked,
-        "damage": damage,
-        "notes": notes,
+        "damage": facts.diagnostics(damage),
+        "notes": facts.diagnostics(notes),
     }
 
 
