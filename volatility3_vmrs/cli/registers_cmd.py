@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import argparse
 from enum import Enum
-from typing import Any, Dict, List, Optional, Sequence, Set, Type
+from typing import Any, Dict, List, Optional, Sequence
 
-from volatility3_vmrs.savedstate.errors import VmrsError
-from volatility3_vmrs.savedstate.types import (
-    REGISTER_ID_X64,
-    REGISTER_ID_X86,
-    VIRTUAL_PROCESSOR_ARCH,
-    Segment,
+from volatility3_vmrs.register_names import (
+    SEGMENT_ATTRIBUTES,
+    aliases,
+    describe_segment,
+    enum_for,
+    register_members,
+    short_name,
+    unknown_names,
 )
+from volatility3_vmrs.savedstate.errors import VmrsError
+from volatility3_vmrs.savedstate.types import Segment
 
 from .common import (
     EXIT_OK,
@@ -31,12 +35,6 @@ from .common import (
     print_json,
     print_table,
 )
-
-# Legacy short name -> the RegisterSet attribute holding the whole segment.
-SEGMENT_ATTRIBUTES = {
-    "SegCs": "cs", "SegDs": "ds", "SegEs": "es", "SegFs": "fs", "SegGs": "gs",
-    "SegSs": "ss", "Tr": "tr", "Ldtr": "ldtr",
-}  # fmt: skip
 
 
 def add_parser(subparsers: Any) -> None:
@@ -50,58 +48,10 @@ def add_parser(subparsers: Any) -> None:
     add_json_argument(parser)
 
 
-def short_name(member: Enum) -> str:
-    return member.name.split("_Register", 1)[1]
-
-
-def members(enum_type: Type[Enum]) -> List[Enum]:
-    return [m for m in enum_type if not m.name.endswith("_RegisterCount")]
-
-
-def aliases(member: Enum) -> Set[str]:
-    short = short_name(member)
-    names = {short.lower(), member.name.lower()}
-    if short.startswith("Seg"):
-        names.add(short[3:].lower())
-    for half in ("Low", "High"):
-        if short.startswith(half):
-            names.add(short[len(half) :].lower())
-    return names
-
-
 def check_names(wanted: Optional[Sequence[str]]) -> None:
-    if not wanted:
-        return
-    known: Set[str] = set()
-    for enum_type in (REGISTER_ID_X64, REGISTER_ID_X86):
-        for member in members(enum_type):
-            known |= aliases(member)
-    unknown = [name for name in wanted if name.strip().lower() not in known]
+    unknown = unknown_names(wanted)
     if unknown:
         raise CliError(f"unknown register name(s): {', '.join(unknown)}")
-
-
-def _enum_for(registers: Any) -> Type[Enum]:
-    try:
-        if registers.architecture == VIRTUAL_PROCESSOR_ARCH.Arch_x86:
-            return REGISTER_ID_X86
-    except VmrsError:
-        pass  # no control registers: the x64 ids
-    return REGISTER_ID_X64
-
-
-def _decode_segment(segment: Segment) -> str:
-    parts = [
-        f"type={segment.segment_type:#x}",
-        "code/data" if segment.non_system else "system",
-        f"DPL={segment.dpl}",
-        f"RPL={segment.rpl}",
-    ]
-    flags = (
-        (segment.present, "P"), (segment.available, "AVL"), (segment.long, "L"),
-        (segment.default, "D/B"), (segment.granularity, "G"),
-    )  # fmt: skip
-    return " ".join(parts + [name for on, name in flags if on])
 
 
 def _row(vp: int, vtl: int, registers: Any, member: Enum) -> Dict[str, Any]:
@@ -120,7 +70,7 @@ def _row(vp: int, vtl: int, registers: Any, member: Enum) -> Dict[str, Any]:
                 base=segment.base,
                 limit=segment.limit,
                 attributes=segment.attributes,
-                decoded=_decode_segment(segment),
+                decoded=describe_segment(segment),
             )
     except VmrsError as error:
         row["error"] = str(error)
@@ -143,7 +93,7 @@ def rows(dump: Any, vp: Optional[int], vtl: Optional[int], wanted: Optional[Sequ
                 continue
             vtl_seen = True
             registers = processor.vtls[level]
-            for member in members(_enum_for(registers)):
+            for member in register_members(enum_for(registers)):
                 if asked is None or aliases(member) & asked:
                     found.append(_row(index, level, registers, member))
     if vtl is not None and not vtl_seen:

@@ -14,36 +14,29 @@ without ``Low``/``High`` (``xmm0`` selects both halves).
 from __future__ import annotations
 
 import logging
-from typing import Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 from volatility3.framework import interfaces, renderers
 from volatility3.framework.configuration import requirements
 from volatility3.framework.renderers import format_hints
 
+from volatility3_vmrs.register_names import (
+    SEGMENT_ATTRIBUTES,
+    describe_segment,
+    enum_for,
+    register_members,
+    select_members,
+    short_name,
+    unknown_names,
+)
 from volatility3_vmrs.savedstate.errors import VmrsError
 from volatility3_vmrs.savedstate.processors import RegisterSet
-from volatility3_vmrs.savedstate.types import (
-    REGISTER_ID_X64,
-    REGISTER_ID_X86,
-    VIRTUAL_PROCESSOR_ARCH,
-    Segment,
-)
+from volatility3_vmrs.savedstate.types import REGISTER_ID_X64, Segment
 
 from .common import find_vmrs_layer, primary_requirement, refuse, require_processors
 
 vollog = logging.getLogger(__name__)
 
-# Legacy short name -> RegisterSet attribute holding the whole segment.
-_SEGMENT_ATTRIBUTES = {
-    "SegCs": "cs",
-    "SegDs": "ds",
-    "SegEs": "es",
-    "SegFs": "fs",
-    "SegGs": "gs",
-    "SegSs": "ss",
-    "Tr": "tr",
-    "Ldtr": "ldtr",
-}
 COLUMNS = [
     ("VP", int),
     ("VTL", int),
@@ -57,74 +50,12 @@ COLUMNS = [
 ]
 
 
-def short_name(member) -> str:
-    return member.name.split("_Register", 1)[1]
-
-
-def register_members(enum_type) -> List:
-    """Every register of a legacy enum, without the Count sentinel."""
-    return [m for m in enum_type if not m.name.endswith("_RegisterCount")]
-
-
-def aliases(member) -> Set[str]:
-    short = short_name(member)
-    names = {short.lower(), member.name.lower()}
-    if short.startswith("Seg"):
-        names.add(short[3:].lower())
-    for half in ("Low", "High"):
-        if short.startswith(half):
-            names.add(short[len(half) :].lower())
-    return names
-
-
-def select_members(enum_type, wanted: Optional[Sequence[str]]) -> List:
-    members = register_members(enum_type)
-    if not wanted:
-        return members
-    asked = {name.strip().lower() for name in wanted}
-    return [m for m in members if aliases(m) & asked]
-
-
 def check_names(wanted: Optional[Sequence[str]]) -> None:
     """Refuse names no register of either enum answers to."""
-    if not wanted:
-        return
-    known: Set[str] = set()
-    for enum_type in (REGISTER_ID_X64, REGISTER_ID_X86):
-        for member in register_members(enum_type):
-            known |= aliases(member)
-    unknown = [name for name in wanted if name.strip().lower() not in known]
+    unknown = unknown_names(wanted)
     if unknown:
         names = ", ".join(short_name(m) for m in register_members(REGISTER_ID_X64))
         refuse(f"unknown register name(s) {', '.join(unknown)}; known: {names}")
-
-
-def describe_segment(segment: Segment) -> str:
-    parts = [
-        f"type={segment.segment_type:#x}",
-        "code/data" if segment.non_system else "system",
-        f"DPL={segment.dpl}",
-        f"RPL={segment.rpl}",
-    ]
-    for flag, name in (
-        (segment.present, "P"),
-        (segment.available, "AVL"),
-        (segment.long, "L"),
-        (segment.default, "D/B"),
-        (segment.granularity, "G"),
-    ):
-        if flag:
-            parts.append(name)
-    return " ".join(parts)
-
-
-def enum_for(registers: RegisterSet):
-    try:
-        if registers.architecture == VIRTUAL_PROCESSOR_ARCH.Arch_x86:
-            return REGISTER_ID_X86
-    except VmrsError:
-        pass  # no control registers: report with the x64 ids
-    return REGISTER_ID_X64
 
 
 class Registers(interfaces.plugins.PluginInterface):
@@ -187,7 +118,7 @@ class Registers(interfaces.plugins.PluginInterface):
         except VmrsError as error:
             unreadable = renderers.UnreadableValue()
             return name, unreadable, absent, absent, absent, absent, str(error)
-        attribute = _SEGMENT_ATTRIBUTES.get(name)
+        attribute = SEGMENT_ATTRIBUTES.get(name)
         if attribute is None:
             return name, value, absent, absent, absent, absent, ""
         segment: Segment = getattr(registers, attribute)

@@ -1,0 +1,102 @@
+"""Names of the dump provider's legacy register ids, as ``vmrs registers`` and the
+``vmrs.registers`` plugin show and accept them (no Volatility import).
+
+A register is shown without the ``X64_Register`` / ``X86_Register`` prefix (``Rip``,
+``Cr3``, ``LowXmm0``, ``SegCs``) and asked for case-insensitively by that name, by the
+enum name (``X64_RegisterRip``), by a segment without ``Seg`` (``cs``) or by a 128-bit
+register without ``Low``/``High`` (``xmm0`` selects both halves).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import List, Optional, Sequence, Set, Type
+
+from volatility3_vmrs.savedstate.errors import VmrsError
+from volatility3_vmrs.savedstate.processors import RegisterSet
+from volatility3_vmrs.savedstate.types import (
+    REGISTER_ID_X64,
+    REGISTER_ID_X86,
+    VIRTUAL_PROCESSOR_ARCH,
+    Segment,
+)
+
+# Legacy short name -> RegisterSet attribute holding the whole segment.
+SEGMENT_ATTRIBUTES = {
+    "SegCs": "cs",
+    "SegDs": "ds",
+    "SegEs": "es",
+    "SegFs": "fs",
+    "SegGs": "gs",
+    "SegSs": "ss",
+    "Tr": "tr",
+    "Ldtr": "ldtr",
+}
+
+
+def short_name(member: Enum) -> str:
+    return member.name.split("_Register", 1)[1]
+
+
+def register_members(enum_type: Type[Enum]) -> List[Enum]:
+    """Every register of a legacy enum, without the Count sentinel."""
+    return [m for m in enum_type if not m.name.endswith("_RegisterCount")]
+
+
+def aliases(member: Enum) -> Set[str]:
+    short = short_name(member)
+    names = {short.lower(), member.name.lower()}
+    if short.startswith("Seg"):
+        names.add(short[3:].lower())
+    for half in ("Low", "High"):
+        if short.startswith(half):
+            names.add(short[len(half) :].lower())
+    return names
+
+
+def select_members(enum_type: Type[Enum], wanted: Optional[Sequence[str]]) -> List[Enum]:
+    members = register_members(enum_type)
+    if not wanted:
+        return members
+    asked = {name.strip().lower() for name in wanted}
+    return [m for m in members if aliases(m) & asked]
+
+
+def unknown_names(wanted: Optional[Sequence[str]]) -> List[str]:
+    """The names no register of either enum answers to."""
+    if not wanted:
+        return []
+    known: Set[str] = set()
+    for enum_type in (REGISTER_ID_X64, REGISTER_ID_X86):
+        for member in register_members(enum_type):
+            known |= aliases(member)
+    return [name for name in wanted if name.strip().lower() not in known]
+
+
+def describe_segment(segment: Segment) -> str:
+    parts = [
+        f"type={segment.segment_type:#x}",
+        "code/data" if segment.non_system else "system",
+        f"DPL={segment.dpl}",
+        f"RPL={segment.rpl}",
+    ]
+    for flag, name in (
+        (segment.present, "P"),
+        (segment.available, "AVL"),
+        (segment.long, "L"),
+        (segment.default, "D/B"),
+        (segment.granularity, "G"),
+    ):
+        if flag:
+            parts.append(name)
+    return " ".join(parts)
+
+
+def enum_for(registers: RegisterSet) -> Type[Enum]:
+    """REGISTER_ID_X86 for a VP in 32-bit mode, else REGISTER_ID_X64."""
+    try:
+        if registers.architecture == VIRTUAL_PROCESSOR_ARCH.Arch_x86:
+            return REGISTER_ID_X86
+    except VmrsError:
+        pass  # no control registers: report with the x64 ids
+    return REGISTER_ID_X64
