@@ -10,9 +10,9 @@ register without ``Low``/``High`` (``xmm0`` selects both halves).
 from __future__ import annotations
 
 from enum import Enum
-from typing import List, Optional, Sequence, Set, Type
+from typing import Any, Iterator, List, Optional, Sequence, Set, Tuple, Type
 
-from volatility3_vmrs.savedstate.errors import VmrsError
+from volatility3_vmrs.savedstate.errors import InvalidArgumentError, VmrsError
 from volatility3_vmrs.savedstate.processors import RegisterSet
 from volatility3_vmrs.savedstate.types import (
     REGISTER_ID_X64,
@@ -100,3 +100,28 @@ def enum_for(registers: RegisterSet) -> Type[Enum]:
     except VmrsError:
         pass  # no control registers: report with the x64 ids
     return REGISTER_ID_X64
+
+
+def register_sets(
+    dump: Any, vp: Optional[int] = None, vtl: Optional[int] = None
+) -> Iterator[Tuple[int, int, RegisterSet]]:
+    """(VP, VTL, registers) of a dump, limited to ``vp`` and ``vtl`` when given.
+
+    Raises :class:`~.savedstate.errors.InvalidArgumentError` for a VP the file does not
+    have, or a VTL none of the chosen VPs has state for.
+    """
+    vps = list(dump.vp_indices)
+    if vp is not None:
+        if vp not in vps:
+            raise InvalidArgumentError(f"no virtual processor {vp} (the file has {vps})")
+        vps = [vp]
+    found_vtl = False
+    for index in vps:
+        processor = dump.vp(index)
+        for level in sorted(processor.vtls):
+            if vtl is not None and level != vtl:
+                continue
+            found_vtl = True
+            yield index, level, processor.vtls[level]
+    if vtl is not None and not found_vtl:
+        raise InvalidArgumentError(f"no register state for VTL {vtl} in VP(s) {vps}")

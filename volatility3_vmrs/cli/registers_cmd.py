@@ -19,6 +19,7 @@ from volatility3_vmrs.register_names import (
     describe_segment,
     enum_for,
     register_members,
+    register_sets,
     short_name,
     unknown_names,
 )
@@ -77,28 +78,16 @@ def _row(vp: int, vtl: int, registers: Any, member: Enum) -> Dict[str, Any]:
     return row
 
 
-def rows(dump: Any, vp: Optional[int], vtl: Optional[int], wanted: Optional[Sequence[str]]):
-    vps = list(dump.vp_indices)
-    if vp is not None:
-        if vp not in vps:
-            raise CliError(f"no virtual processor {vp} (the file has {vps})")
-        vps = [vp]
+def rows(
+    dump: Any, vp: Optional[int], vtl: Optional[int], wanted: Optional[Sequence[str]]
+) -> List[Dict[str, Any]]:
     asked = {name.strip().lower() for name in wanted} if wanted else None
-    found: List[Dict[str, Any]] = []
-    vtl_seen = False
-    for index in vps:
-        processor = dump.vp(index)
-        for level in sorted(processor.vtls):
-            if vtl is not None and level != vtl:
-                continue
-            vtl_seen = True
-            registers = processor.vtls[level]
-            for member in register_members(enum_for(registers)):
-                if asked is None or aliases(member) & asked:
-                    found.append(_row(index, level, registers, member))
-    if vtl is not None and not vtl_seen:
-        raise CliError(f"no register state for VTL {vtl} in VP(s) {vps}")
-    return found
+    return [
+        _row(index, level, registers, member)
+        for index, level, registers in register_sets(dump, vp, vtl)
+        for member in register_members(enum_for(registers))
+        if asked is None or aliases(member) & asked
+    ]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -25,11 +25,12 @@ from volatility3_vmrs.register_names import (
     describe_segment,
     enum_for,
     register_members,
+    register_sets,
     select_members,
     short_name,
     unknown_names,
 )
-from volatility3_vmrs.savedstate.errors import VmrsError
+from volatility3_vmrs.savedstate.errors import InvalidArgumentError, VmrsError
 from volatility3_vmrs.savedstate.processors import RegisterSet
 from volatility3_vmrs.savedstate.types import REGISTER_ID_X64, Segment
 
@@ -91,23 +92,12 @@ class Registers(interfaces.plugins.PluginInterface):
         wanted: Optional[Sequence[str]] = None,
     ) -> Iterator[Tuple]:
         """(vp, vtl, name, value, selector, base, limit, attributes, decoded) tuples."""
-        vps = dump.vp_indices
-        if vp is not None:
-            if vp not in vps:
-                refuse(f"no virtual processor {vp} (the file has {vps})")
-            vps = [vp]
-        found_vtl = False
-        for index in vps:
-            processor = dump.vp(index)
-            for level in sorted(processor.vtls):
-                if vtl is not None and level != vtl:
-                    continue
-                found_vtl = True
-                registers = processor.vtls[level]
+        try:
+            for index, level, registers in register_sets(dump, vp, vtl):
                 for member in select_members(enum_for(registers), wanted):
                     yield (index, level, *cls._register_row(registers, member))
-        if vtl is not None and not found_vtl:
-            refuse(f"no register state for VTL {vtl} in VP(s) {vps}")
+        except InvalidArgumentError as error:
+            refuse(str(error))
 
     @staticmethod
     def _register_row(registers: RegisterSet, member) -> Tuple:
