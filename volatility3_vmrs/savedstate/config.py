@@ -33,7 +33,9 @@ third-party readers and strings of Hyper-V's own binaries, not seen in a sample)
     V  .../bank/reservation, .../bank/limit             minimum and maximum (Int, MiB);
                                                         unit inferred: the sample holds
                                                         Hyper-V's defaults 1024/512/1048576
-    V  .../bank/target_memory_buffer, .../bank/priority buffer (%) and weight (Int)
+    V  .../bank/target_memory_buffer, .../bank/priority buffer (%) and weight (Int);
+                                                        meaning inferred from the sample's
+                                                        values, Hyper-V's defaults 20, 5000
     V  /configuration/settings/processors/count         processor count (Int)
     V  /configuration/global_settings/owner/sid         owner SID (String)
     V  /configuration/global_settings/snapshots/list/size  checkpoint count (Int, 0 in
