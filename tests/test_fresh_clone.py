@@ -1,6 +1,6 @@
 """A fresh clone with nothing beside it runs the README's test collection.
 
-Users who clone the project have no ``../shared``: every sample the tests read must be in
+Users who clone the project have no shared folder beside it: every sample the tests read must be in
 the repository. The clone below lives in a directory of its own (no ``shared`` next to
 it), ``VMRS_SAMPLES`` is unset, and the README's test command collects every test and
 runs the ones that read the real samples.
@@ -68,4 +68,4 @@ def test_a_clone_with_nothing_beside_it_collects_and_reads_its_samples(tmp_path)
         and path.suffix in (".py", ".md", ".toml", ".cfg")
         and needle in path.read_text(errors="replace")
     ]
-    assert leaks == [], f"files that point users at ../shared: {leaks}"
+    assert leaks == [], f"files that point users at {needle}: {leaks}"
