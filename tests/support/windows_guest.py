@@ -1,0 +1,827 @@
+"""A synthetic Windows 10 x64 guest whose memory the stock Volatility plugins walk.
+
+Every structure is laid out by the real ISF of the Windows 10 build 19041.329 kernel
+(``ntkrnlmp.pdb`` GUID BBED7C29..., age 1; :mod:`tests.support.windows_isf`): offsets,
+sizes and symbol RVAs all come from it, the PE and debugger-data layouts from the
+``pe``/``kdbg`` tables volatility3 ships. What is built:
+
+* a kernel address space (x64, 4 levels) with a self-referencing PML4 entry, the kernel
+  image at a KASLR-like base in the upper half, ``KUSER_SHARED_DATA`` at its fixed
+  addresses, a nonpaged-pool region and a KPCR per virtual processor;
+* the kernel image: DOS/PE headers, section table, a debug directory whose CodeView RSDS
+  record names ``ntkrnlmp.pdb`` with the ISF's GUID and age, the version block, the
+  plain-text debugger data block (KDBG), ``PsActiveProcessHead``,
+  ``PsLoadedModuleList``, ``ObTypeIndexTable``/``ObHeaderCookie``,
+  ``KeNumberProcessors``;
+* processes as Windows 10 allocates them: a ``Proc`` pool block (pool header, quota
+  info, object header with the cookie-encoded type index, ``_EPROCESS``), each with its
+  own PML4 (the kernel half shared, the user half its own) holding a ``_PEB``, process
+  parameters and loader lists with DLL entries; one exited process left in pool but
+  unlinked from the active list;
+* for one process a KVA-shadow user PML4: its user half plus a minimal kernel shadow
+  (``KUSER_SHARED_DATA`` and the ``KiSystemCall64Shadow`` page), no self-reference.
+
+:func:`build_windows_guest` returns the RAM as ``(gpa, bytes)`` ranges, the register
+sets of the virtual processors and the truth the tests compare plugin output with.
+"""
+
+from __future__ import annotations
+
+import datetime
+import random
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+from tests.support.windows_isf import SYMBOLS, Isf, Struct
+from tests.support.windows_memory import (
+    KERNEL_PAGE,
+    PAGE,
+    USER_PAGE,
+    AddressSpace,
+    PhysicalMemory,
+    Region,
+)
+
+# --- where things are (the guest's own choices, not structure layouts) -----------------
+KERNEL_BASE = 0xFFFFF8005A200000  # 2 MiB aligned, in the randomised kernel range
+POOL_BASE = 0xFFFFB40C8A200000  # nonpaged pool
+KUSER_KERNEL_VA = 0xFFFFF78000000000  # fixed by the architecture of NT
+KUSER_USER_VA = 0x7FFE0000
+SELF_REF_INDEX = 0x1A3  # randomised on Windows 10; any index in 0x100-0x1FE
+KERNEL_DTB_GPA = 0x1AA000  # where Windows 10 puts the System PML4
+HIGH_RAM_GPA = 0x1_0000_0000
+LOW_RAM_SIZE = 0xC00000
+HIGH_RAM_SIZE = 0x200000
+# Whole seconds: Volatility renders Windows times to the second.
+SYSTEM_TIME = datetime.datetime(2025, 3, 14, 9, 26, 53, tzinfo=datetime.timezone.utc)
+BOOT_TIME = datetime.datetime(2025, 3, 14, 8, 1, 12, tzinfo=datetime.timezone.utc)
+NT_BUILD_LAB = "19041.1.amd64fre.vb_release.191206-1406"
+PE_TIMESTAMP = 0x5ED0A36B
+PROCESS_TYPE_INDEX = 7  # ObTypeIndexTable slot of the Process type on 19041
+OBJECT_TYPE_NAMES = {
+    2: "Type",
+    3: "Directory",
+    4: "SymbolicLink",
+    5: "Token",
+    6: "Job",
+    7: "Process",
+    8: "Thread",
+}
+OB_HEADER_COOKIE = 0x5C
+QUOTA_INFO_BIT = 0x08  # InfoMask bit of _OBJECT_HEADER_QUOTA_INFO (volatility's order)
+
+# The kernel image's sections: (name, rva, virtual size); symbol RVAs must fall inside.
+SECTIONS = (
+    (".rdata", 0x1000, 0x1000),
+    (".text", 0x2000, 0x5FE000),
+    ("KVASCODE", 0xA24000, 0x1000),
+    (".data", 0xC00000, 0x300000),
+)
+SIZE_OF_IMAGE = 0xF00000
+DEBUG_DIRECTORY_RVA = 0x1100
+CODEVIEW_RVA = 0x1200
+
+
+def wintime(moment: datetime.datetime) -> int:
+    """A datetime as a Windows FILETIME (100 ns since 1601-01-01 UTC)."""
+    epoch = datetime.datetime(1601, 1, 1, tzinfo=datetime.timezone.utc)
+    delta = moment - epoch
+    return (delta.days * 86400 + delta.seconds) * 10_000_000 + delta.microseconds * 10
+
+
+def utf16(text: str) -> bytes:
+    return text.encode("utf-16-le")
+
+
+@dataclass(frozen=True)
+class Dll:
+    name: str
+    path: str
+    base: int
+    size: int
+
+
+@dataclass
+class ProcessSpec:
+    pid: int
+    ppid: int
+    name: str  # ImageFileName (15 bytes at most)
+    create_time: datetime.datetime
+    image_path: str = ""  # NT path of the image (SeAuditProcessCreationInfo)
+    command_line: Optional[str] = None  # None: no PEB (System)
+    win32_path: str = ""
+    image_base: int = 0
+    dlls: Tuple[Dll, ...] = ()
+    session: Optional[int] = None
+    threads: int = 1
+    exit_time: Optional[datetime.datetime] = None
+    shadow: bool = False  # give it a KVA-shadow user PML4
+
+    @property
+    def listed(self) -> bool:
+        return self.exit_time is None
+
+
+def _after_boot(seconds: int) -> datetime.datetime:
+    return BOOT_TIME + datetime.timedelta(seconds=seconds)
+
+
+NTDLL = Dll("ntdll.dll", r"C:\Windows\SYSTEM32\ntdll.dll", 0x7FFD2E6D0000, 0x1F5000)
+KERNEL32 = Dll("KERNEL32.DLL", r"C:\Windows\System32\KERNEL32.DLL", 0x7FFD2D1A0000, 0xBE000)
+KERNELBASE = Dll("KERNELBASE.dll", r"C:\Windows\System32\KERNELBASE.dll", 0x7FFD2B9E0000, 0x2C7000)
+USER32 = Dll("USER32.dll", r"C:\Windows\System32\USER32.dll", 0x7FFD2C4F0000, 0x1A0000)
+
+
+PROCESSES: Tuple[ProcessSpec, ...] = (
+    ProcessSpec(4, 0, "System", BOOT_TIME, threads=142),
+    ProcessSpec(
+        388,
+        4,
+        "smss.exe",
+        _after_boot(2),
+        image_path=r"\Device\HarddiskVolume3\Windows\System32\smss.exe",
+        command_line=r"\SystemRoot\System32\smss.exe",
+        win32_path=r"C:\Windows\System32\smss.exe",
+        image_base=0x7FF7A1C20000,
+        dlls=(NTDLL,),
+        threads=2,
+    ),
+    ProcessSpec(
+        4412,
+        4380,
+        "explorer.exe",
+        _after_boot(91),
+        image_path=r"\Device\HarddiskVolume3\Windows\explorer.exe",
+        command_line=r"C:\Windows\Explorer.EXE",
+        win32_path=r"C:\Windows\Explorer.EXE",
+        image_base=0x7FF6D7E40000,
+        dlls=(NTDLL, KERNEL32, KERNELBASE, USER32),
+        session=1,
+        threads=71,
+    ),
+    ProcessSpec(
+        6020,
+        4412,
+        "cmd.exe",
+        _after_boot(735),
+        image_path=r"\Device\HarddiskVolume3\Windows\System32\cmd.exe",
+        command_line=r'"C:\Windows\system32\cmd.exe" /k echo saved state',
+        win32_path=r"C:\Windows\system32\cmd.exe",
+        image_base=0x7FF64A210000,
+        dlls=(NTDLL, KERNEL32, KERNELBASE),
+        session=1,
+        threads=1,
+        shadow=True,
+    ),
+    ProcessSpec(
+        4380,
+        636,
+        "userinit.exe",
+        _after_boot(84),
+        image_path=r"\Device\HarddiskVolume3\Windows\System32\userinit.exe",
+        command_line=r"C:\Windows\system32\userinit.exe",
+        win32_path=r"C:\Windows\system32\userinit.exe",
+        image_base=0x7FF79C5A0000,
+        dlls=(NTDLL, KERNEL32, KERNELBASE),
+        session=1,
+        threads=0,
+        exit_time=_after_boot(113),
+    ),
+)
+EXE_SIZES = {
+    "smss.exe": 0x25000,
+    "explorer.exe": 0x4D2000,
+    "cmd.exe": 0x5B000,
+    "userinit.exe": 0xA000,
+}
+
+KERNEL_MODULES: Tuple[Tuple[str, str, int, int], ...] = (
+    ("ntoskrnl.exe", r"\SystemRoot\system32\ntoskrnl.exe", KERNEL_BASE, SIZE_OF_IMAGE),
+    ("hal.dll", r"\SystemRoot\system32\hal.dll", 0xFFFFF8005AF00000, 0x6C000),
+    ("kdcom.dll", r"\SystemRoot\system32\kdcom.dll", 0xFFFFF80060E00000, 0xB000),
+    ("CI.dll", r"\SystemRoot\system32\CI.dll", 0xFFFFF80061020000, 0xD7000),
+    ("ACPI.sys", r"\SystemRoot\System32\drivers\ACPI.sys", 0xFFFFF80061A40000, 0xB9000),
+)
+
+
+@dataclass
+class WindowsGuest:
+    """The built guest: RAM, page-table roots, register sets, truth."""
+
+    ranges: List[Tuple[int, bytes]]
+    kernel_dtb: int
+    shadow_dtb: int
+    registers: Dict[str, Dict[str, Any]]  # "kernel" / "user": a partition_writer dict
+    truth: Dict[str, Any] = field(default_factory=dict)
+
+
+class _Builder:
+    def __init__(self, isf: Isf, seed: int) -> None:
+        self.isf = isf
+        self.rng = random.Random(seed)
+        self.memory = PhysicalMemory(
+            ram=[(0, LOW_RAM_SIZE), (HIGH_RAM_GPA, HIGH_RAM_SIZE)],
+            regions={
+                "tables": Region(0x300000, 0x500000),
+                "kernel": Region(0x600000, LOW_RAM_SIZE),
+                "user": Region(HIGH_RAM_GPA, HIGH_RAM_GPA + HIGH_RAM_SIZE),
+            },
+        )
+        self.kernel = AddressSpace(self.memory, "kernel", root=KERNEL_DTB_GPA)
+        self.pool_next = POOL_BASE
+        self.processes: List[Tuple[ProcessSpec, int, AddressSpace]] = []  # spec, eprocess VA
+        self.shadow: Optional[AddressSpace] = None
+
+    # --- kernel memory -------------------------------------------------------------
+    def kwrite(self, va: int, data: bytes) -> None:
+        self.kernel.write(va, data, KERNEL_PAGE)
+
+    def kstruct(self, va: int, struct: Struct) -> None:
+        self.kwrite(va, bytes(struct))
+
+    def symbol(self, name: str) -> int:
+        rva = self.isf.symbol(name)
+        assert any(start <= rva < start + size for _, start, size in SECTIONS), name
+        return KERNEL_BASE + rva
+
+    def pool(self, tag: bytes, size: int, *, page: bool = False) -> int:
+        """A nonpaged-pool block; returns the address right after its pool header."""
+        header_size = self.isf.size("_POOL_HEADER")
+        if page:
+            self.pool_next = (self.pool_next + PAGE - 1) & ~(PAGE - 1)
+        address = self.pool_next
+        total = (header_size + size + 15) & ~15
+        assert total // 16 < 256, "small pool blocks only"
+        header = self.isf.struct("_POOL_HEADER")
+        header.set("BlockSize", total // 16)
+        header.set("PoolType", 2)  # nonpaged (stored as type + 1)
+        header.set("PoolTag", int.from_bytes(tag, "little"))
+        self.kwrite(address, bytes(header))
+        self.pool_next = address + total
+        return address + header_size
+
+    def big_pool(self, size: int) -> int:
+        """Page-aligned pool memory without a header (allocations over a page)."""
+        self.pool_next = (self.pool_next + PAGE - 1) & ~(PAGE - 1)
+        address = self.pool_next
+        self.pool_next += (size + PAGE - 1) & ~(PAGE - 1)
+        return address
+
+    def kstring(self, text: str) -> Tuple[int, int]:
+        """A UTF-16 string in pool: (address, byte length)."""
+        data = utf16(text)
+        address = self.pool(b"Strg", len(data) + 2)
+        self.kwrite(address, data + b"\0\0")
+        return address, len(data)
+
+    def unicode_string(self, struct: Struct, path: str, address: int, length: int) -> None:
+        struct.set(f"{path}.Length", length)
+        struct.set(f"{path}.MaximumLength", length + 2)
+        struct.set(f"{path}.Buffer", address)
+
+    def link(self, entries: List[int], head: int) -> None:
+        """Doubly link the _LIST_ENTRY at ``head`` with ``entries`` (all VAs, kernel)."""
+        chain = [head, *entries]
+        for index, entry in enumerate(chain):
+            following = chain[(index + 1) % len(chain)]
+            previous = chain[index - 1]
+            self.kwrite(entry, following.to_bytes(8, "little") + previous.to_bytes(8, "little"))
+
+    # --- the kernel image -------------------------------------------------------------
+    def image(self) -> None:
+        pe = SYMBOLS.pe
+        dos = pe.struct("_IMAGE_DOS_HEADER")
+        dos.set("e_magic", 0x5A4D)
+        e_lfanew = 0x108
+        dos.set("e_lfanew", e_lfanew)
+        nt = pe.struct("_IMAGE_NT_HEADERS64")
+        nt.set("Signature", 0x4550)
+        nt.set("FileHeader.Machine", self.isf.pdb["machine_type"])
+        nt.set("FileHeader.NumberOfSections", len(SECTIONS))
+        nt.set("FileHeader.TimeDateStamp", PE_TIMESTAMP)
+        nt.set("FileHeader.SizeOfOptionalHeader", pe.size("_IMAGE_OPTIONAL_HEADER64"))
+        nt.set("FileHeader.Characteristics", 0x22)
+        nt.set("OptionalHeader.Magic", 0x20B)
+        nt.set("OptionalHeader.ImageBase", KERNEL_BASE)
+        nt.set("OptionalHeader.SectionAlignment", PAGE)
+        nt.set("OptionalHeader.FileAlignment", 0x200)
+        nt.set("OptionalHeader.MajorOperatingSystemVersion", 10)
+        nt.set("OptionalHeader.MinorOperatingSystemVersion", 0)
+        nt.set("OptionalHeader.MajorSubsystemVersion", 10)
+        nt.set("OptionalHeader.SizeOfImage", SIZE_OF_IMAGE)
+        nt.set("OptionalHeader.SizeOfHeaders", PAGE)
+        nt.set("OptionalHeader.Subsystem", 1)
+        nt.set("OptionalHeader.NumberOfRvaAndSizes", 16)
+        codeview = self.codeview()
+        debug_dir_size = pe.size("_IMAGE_DEBUG_DIRECTORY")
+        nt.set("OptionalHeader.DataDirectory.6.VirtualAddress", DEBUG_DIRECTORY_RVA)
+        nt.set("OptionalHeader.DataDirectory.6.Size", debug_dir_size)
+        sections = b""
+        for name, rva, size in SECTIONS:
+            section = pe.struct("_IMAGE_SECTION_HEADER")
+            section.set("Name", name.encode())
+            section.set("Misc.VirtualSize", size)
+            section.set("VirtualAddress", rva)
+            section.set("SizeOfRawData", size)
+            section.set("PointerToRawData", rva)
+            section.set(
+                "Characteristics",
+                0x68000020 if "TEXT" in name.upper() or "CODE" in name else 0xC8000040,
+            )
+            sections += bytes(section)
+        header = bytearray(PAGE)
+        header[: len(dos.data)] = dos.data
+        header[0x40:0x4E] = b"\x0e\x1f\xba\x0e\x00\xb4\x09\xcd\x21\xb8\x01\x4c\xcd\x21"
+        header[e_lfanew : e_lfanew + len(nt.data)] = nt.data
+        start = e_lfanew + len(nt.data)
+        header[start : start + len(sections)] = sections
+        self.kwrite(KERNEL_BASE, bytes(header))
+        debug = pe.struct("_IMAGE_DEBUG_DIRECTORY")
+        debug.set("TimeDateStamp", PE_TIMESTAMP)
+        debug.set("Type", 2)  # IMAGE_DEBUG_TYPE_CODEVIEW
+        debug.set("SizeOfData", len(codeview))
+        debug.set("AddressOfRawData", CODEVIEW_RVA)
+        debug.set("PointerToRawData", CODEVIEW_RVA)
+        self.kwrite(KERNEL_BASE + DEBUG_DIRECTORY_RVA, bytes(debug))
+        self.kwrite(KERNEL_BASE + CODEVIEW_RVA, codeview)
+        # Code where the VPs stand: the idle loop and the shadow system-call entry.
+        self.kwrite(self.symbol("KiIdleLoop"), b"\xf3\x90\xeb\xfc")  # pause; jmp $-2
+        self.kwrite(self.symbol("KiSystemCall64Shadow"), b"\x0f\x01\xf8")  # swapgs
+
+    def codeview(self) -> bytes:
+        pdb = self.isf.pdb
+        guid = uuid.UUID(hex=pdb["GUID"]).bytes_le
+        return (
+            b"RSDS"
+            + guid
+            + int(pdb["age"]).to_bytes(4, "little")
+            + pdb["database"].encode()
+            + b"\0"
+        )
+
+    # --- kernel data ----------------------------------------------------------------
+    def kuser(self) -> int:
+        kuser = self.isf.struct("_KUSER_SHARED_DATA")
+        system_time = wintime(SYSTEM_TIME)
+        kuser.set("SystemTime.LowPart", system_time & 0xFFFFFFFF)
+        kuser.set("SystemTime.High1Time", system_time >> 32)
+        kuser.set("SystemTime.High2Time", system_time >> 32)
+        kuser.set("NtSystemRoot", utf16("C:\\Windows"))
+        kuser.set("NtProductType", self.isf.enum_value("_NT_PRODUCT_TYPE", "NtProductWinNt"))
+        kuser.set("NtMajorVersion", 10)
+        kuser.set("NtMinorVersion", 0)
+        kuser.set("NtBuildNumber", 19041)
+        kuser.set("NumberOfPhysicalPages", (LOW_RAM_SIZE + HIGH_RAM_SIZE) // PAGE)
+        self.kwrite(KUSER_KERNEL_VA, bytes(kuser))
+        frame = self.kernel.translate(KUSER_KERNEL_VA)
+        assert frame is not None
+        return frame
+
+    def debugger_blocks(self, cpu_count: int) -> None:
+        version = self.isf.struct("_DBGKD_GET_VERSION64")
+        version.update(
+            MajorVersion=0xF,
+            MinorVersion=19041,
+            ProtocolVersion=6,
+            KdSecondaryVersion=2,
+            Flags=0x47,
+            MachineType=self.isf.pdb["machine_type"],
+            MaxPacketType=0xC,
+            MaxStateChange=3,
+            MaxManipulate=0x31,
+            KernBase=KERNEL_BASE,
+            PsLoadedModuleList=self.symbol("PsLoadedModuleList"),
+            DebuggerDataList=self.symbol("KdDebuggerDataBlock"),
+        )
+        self.kstruct(self.symbol("KdVersionBlock"), version)
+        kdbg_isf = SYMBOLS.kdbg
+        kdbg = kdbg_isf.struct("_KDDEBUGGER_DATA64")
+        block = self.symbol("KdDebuggerDataBlock")
+        kdbg.set("Header.List.Flink", block)
+        kdbg.set("Header.List.Blink", block)
+        kdbg.set("Header.OwnerTag", int.from_bytes(b"KDBG", "little"))
+        kdbg.set("Header.Size", kdbg_isf.size("_KDDEBUGGER_DATA64"))
+        kdbg.set("KernBase", KERNEL_BASE)
+        kdbg.set("PsLoadedModuleList", self.symbol("PsLoadedModuleList"))
+        kdbg.set("PsActiveProcessHead", self.symbol("PsActiveProcessHead"))
+        kdbg.set("NtBuildLab", self.symbol("NtBuildLab"))
+        kdbg.set("CmNtCSDVersion", self.symbol("CmNtCSDVersion"))
+        kdbg.set("MmSystemRangeStart", self.symbol("MmSystemRangeStart"))
+        self.kstruct(block, kdbg)
+        self.kwrite(self.symbol("NtBuildLab"), NT_BUILD_LAB.encode() + b"\0")
+        self.kwrite(self.symbol("CmNtCSDVersion"), bytes(4))
+        self.kwrite(self.symbol("MmSystemRangeStart"), (0xFFFF800000000000).to_bytes(8, "little"))
+        self.kwrite(self.symbol("KeNumberProcessors"), cpu_count.to_bytes(4, "little"))
+        self.kwrite(self.symbol("KiKvaShadow"), b"\x01")
+
+    def kpcrs(self, cpu_count: int) -> List[int]:
+        """A KPCR per processor (GS base in kernel mode), listed in KiProcessorBlock."""
+        kpcrs = []
+        prcb_offset = self.isf.offset("_KPCR", "Prcb")
+        for cpu in range(cpu_count):
+            address = self.big_pool(self.isf.size("_KPCR"))
+            head = self.isf.struct("_KPCR")
+            head.set("Self", address)
+            head.set("CurrentPrcb", address + prcb_offset)
+            head.set("KdVersionBlock", self.symbol("KdVersionBlock"))
+            head.set("MajorVersion", 1)
+            head.set("MinorVersion", 1)
+            self.kwrite(address, bytes(head.data[: prcb_offset + 8]))
+            self.kwrite(
+                self.symbol("KiProcessorBlock") + cpu * 8,
+                (address + prcb_offset).to_bytes(8, "little"),
+            )
+            kpcrs.append(address)
+        return kpcrs
+
+    def object_types(self) -> None:
+        """ObTypeIndexTable: slot 0 null, slot 1 the 0xbad0b0b0 marker, then types."""
+        table = self.symbol("ObTypeIndexTable")
+        self.kwrite(table, bytes(8) + (0xBAD0B0B0).to_bytes(8, "little"))
+        for index, name in OBJECT_TYPE_NAMES.items():
+            body = self.object(b"ObjT", "_OBJECT_TYPE", type_index=2)
+            object_type = self.isf.struct("_OBJECT_TYPE")
+            string, length = self.kstring(name)
+            self.unicode_string(object_type, "Name", string, length)
+            object_type.set("Index", index)
+            object_type.set("TotalNumberOfObjects", 1)
+            object_type.set("TypeList.Flink", body + self.isf.offset("_OBJECT_TYPE", "TypeList"))
+            object_type.set("TypeList.Blink", body + self.isf.offset("_OBJECT_TYPE", "TypeList"))
+            self.kstruct(body, object_type)
+            self.kwrite(table + index * 8, body.to_bytes(8, "little"))
+        self.kwrite(self.symbol("ObHeaderCookie"), OB_HEADER_COOKIE.to_bytes(4, "little"))
+
+    def object(self, tag: bytes, type_name: str, *, type_index: int, quota: bool = False) -> int:
+        """An executive object in its own pool block: returns the body's address."""
+        header_type = "_OBJECT_HEADER"
+        body_offset = self.isf.offset(header_type, "Body")
+        quota_size = self.isf.size("_OBJECT_HEADER_QUOTA_INFO") if quota else 0
+        start = self.pool(tag, quota_size + body_offset + self.isf.size(type_name), page=True)
+        if quota:
+            info = self.isf.struct("_OBJECT_HEADER_QUOTA_INFO")
+            info.set("PagedPoolCharge", 0x1000)
+            info.set("NonPagedPoolCharge", self.isf.size(type_name) + body_offset)
+            self.kstruct(start, info)
+        header_address = start + quota_size
+        header = self.isf.struct(header_type)
+        header.set("PointerCount", 0x30)
+        header.set("HandleCount", 2)
+        header.set("InfoMask", QUOTA_INFO_BIT if quota else 0)
+        # Windows 10 stores index ^ ObHeaderCookie ^ second byte of the header address.
+        header.set("TypeIndex", type_index ^ OB_HEADER_COOKIE ^ ((header_address >> 8) & 0xFF))
+        self.kstruct(header_address, header)
+        return header_address + body_offset
+
+    # --- processes ------------------------------------------------------------------
+    def process(self, spec: ProcessSpec, kuser_frame: int) -> Tuple[int, AddressSpace]:
+        eprocess = self.object(b"Proc", "_EPROCESS", type_index=PROCESS_TYPE_INDEX, quota=True)
+        if spec.pid == 4:
+            space = self.kernel  # System runs on the kernel's own PML4
+        else:
+            space = AddressSpace(self.memory, "user")
+            space.map(KUSER_USER_VA, kuser_frame, USER_PAGE & ~(1 << 63))
+        proc = self.isf.struct("_EPROCESS")
+        proc.set("Pcb.Header.Type", self.isf.enum_value("_KOBJECTS", "ProcessObject"))
+        proc.set("Pcb.DirectoryTableBase", space.root)
+        proc.set("UniqueProcessId", spec.pid)
+        proc.set("InheritedFromUniqueProcessId", spec.ppid)
+        proc.set("ImageFileName", spec.name.encode()[:14])
+        proc.set("CreateTime.QuadPart", wintime(spec.create_time))
+        if spec.exit_time is not None:
+            proc.set("ExitTime.QuadPart", wintime(spec.exit_time))
+        proc.set("ActiveThreads", spec.threads)
+        threads = eprocess + self.isf.offset("_EPROCESS", "ThreadListHead")
+        proc.set("ThreadListHead.Flink", threads)
+        proc.set("ThreadListHead.Blink", threads)
+        links = eprocess + self.isf.offset("_EPROCESS", "ActiveProcessLinks")
+        proc.set("ActiveProcessLinks.Flink", links)
+        proc.set("ActiveProcessLinks.Blink", links)
+        if spec.session is not None:
+            session = self.big_pool(self.isf.size("_MM_SESSION_SPACE"))
+            sess = self.isf.struct("_MM_SESSION_SPACE")
+            sess.set("SessionId", spec.session)
+            self.kwrite(session, bytes(sess.data[:PAGE]))
+            proc.set("Session", session)
+        if spec.image_path:
+            name = self.pool(b"SeOn", self.isf.size("_OBJECT_NAME_INFORMATION"))
+            info = self.isf.struct("_OBJECT_NAME_INFORMATION")
+            self.unicode_string(info, "Name", *self.kstring(spec.image_path))
+            self.kstruct(name, info)
+            proc.set("SeAuditProcessCreationInfo.ImageFileName", name)
+        if spec.command_line is not None:
+            proc.set("Peb", self.peb(spec, space))
+        self.kstruct(eprocess, proc)
+        return eprocess, space
+
+    def peb(self, spec: ProcessSpec, space: AddressSpace) -> int:
+        heap = _UserHeap(self, space, 0x1F0_0000_0000 + self.rng.randrange(0x100) * 0x1_0000_0000)
+        peb_va = 0x000000D0_0000_0000 + self.rng.randrange(0x1000) * 0x100_0000
+        peb = self.isf.struct("_PEB")
+        peb.set("ImageBaseAddress", spec.image_base)
+        params = self.isf.struct("_RTL_USER_PROCESS_PARAMETERS")
+        params_va = heap.alloc(params.data.__len__())
+        params.set("MaximumLength", len(params.data))
+        params.set("Length", len(params.data))
+        params.set("Flags", 1)  # normalised
+        self.unicode_string(params, "ImagePathName", *heap.string(spec.win32_path))
+        self.unicode_string(params, "CommandLine", *heap.string(spec.command_line or ""))
+        space.write(params_va, bytes(params), USER_PAGE)
+        peb.set("ProcessParameters", params_va)
+        peb.set("Ldr", self.loader(spec, space, heap))
+        peb.set("OSMajorVersion", 10)
+        peb.set("OSBuildNumber", 19041)
+        peb.set("NumberOfProcessors", 2)
+        space.write(peb_va, bytes(peb), USER_PAGE)
+        return peb_va
+
+    def loader(self, spec: ProcessSpec, space: AddressSpace, heap: "_UserHeap") -> int:
+        """_PEB_LDR_DATA and one _LDR_DATA_TABLE_ENTRY per module (the image first)."""
+        ldr_type = "_LDR_DATA_TABLE_ENTRY"
+        image = Dll(spec.name, spec.win32_path, spec.image_base, EXE_SIZES[spec.name])
+        modules = [image, *spec.dlls]
+        ldr = self.isf.struct("_PEB_LDR_DATA")
+        ldr_va = heap.alloc(len(ldr.data))
+        entries = [heap.alloc(self.isf.size(ldr_type)) for _ in modules]
+        lists = {
+            "InLoadOrder": (entries, "InLoadOrderModuleList", "InLoadOrderLinks"),
+            "InMemoryOrder": (entries, "InMemoryOrderModuleList", "InMemoryOrderLinks"),
+            # The image is not initialised by the loader: only DLLs are in this list.
+            "InInitializationOrder": (
+                entries[1:],
+                "InInitializationOrderModuleList",
+                "InInitializationOrderLinks",
+            ),
+        }
+        ldr.set("Length", len(ldr.data))
+        ldr.set("Initialized", 1)
+        structs = [self.isf.struct(ldr_type) for _ in modules]
+        for chain, head_field, link_field in lists.values():
+            head = ldr_va + self.isf.offset("_PEB_LDR_DATA", head_field)
+            nodes = [head] + [entry + self.isf.offset(ldr_type, link_field) for entry in chain]
+            for index, node in enumerate(nodes):
+                following, previous = nodes[(index + 1) % len(nodes)], nodes[index - 1]
+                if index == 0:
+                    ldr.set(f"{head_field}.Flink", following)
+                    ldr.set(f"{head_field}.Blink", previous)
+                else:
+                    entry = structs[entries.index(chain[index - 1])]
+                    entry.set(f"{link_field}.Flink", following)
+                    entry.set(f"{link_field}.Blink", previous)
+        for module, entry, address in zip(modules, structs, entries):
+            entry.set("DllBase", module.base)
+            entry.set("EntryPoint", module.base + 0x1000)
+            entry.set("SizeOfImage", module.size)
+            self.unicode_string(entry, "FullDllName", *heap.string(module.path))
+            self.unicode_string(entry, "BaseDllName", *heap.string(module.name))
+            entry.set("ObsoleteLoadCount", 6)
+            entry.set("LoadTime.QuadPart", wintime(spec.create_time))
+            space.write(address, bytes(entry), USER_PAGE)
+        space.write(ldr_va, bytes(ldr), USER_PAGE)
+        return ldr_va
+
+    def kernel_modules(self) -> None:
+        entry_type = "_KLDR_DATA_TABLE_ENTRY"
+        links = []
+        for name, path, base, size in KERNEL_MODULES:
+            address = self.pool(b"MmLd", self.isf.size(entry_type))
+            entry = self.isf.struct(entry_type)
+            entry.set("DllBase", base)
+            entry.set("EntryPoint", base + 0x1000)
+            entry.set("SizeOfImage", size)
+            entry.set("SizeOfImageNotRounded", size)
+            entry.set("TimeDateStamp", PE_TIMESTAMP)
+            entry.set("LoadCount", 1)
+            self.unicode_string(entry, "FullDllName", *self.kstring(path))
+            self.unicode_string(entry, "BaseDllName", *self.kstring(name))
+            self.kstruct(address, entry)
+            links.append(address + self.isf.offset(entry_type, "InLoadOrderLinks"))
+        self.link(links, self.symbol("PsLoadedModuleList"))
+
+    # --- address spaces -------------------------------------------------------------
+    def share_kernel_half(self, space: AddressSpace) -> None:
+        for index in range(0x100, 0x200):
+            if index != SELF_REF_INDEX:
+                space.set_entry(index, self.kernel.entry(index))
+
+    def self_reference(self, space: AddressSpace) -> None:
+        space.set_entry(SELF_REF_INDEX, space.root | 0x63 | (1 << 63))
+
+    def kva_shadow(self, space: AddressSpace, kuser_frame: int) -> AddressSpace:
+        """The user PML4 of KVA shadowing: the user half, and of the kernel only the
+        shared data page and the system-call entry page."""
+        shadow = AddressSpace(self.memory, "kernel")
+        shadow.map(KUSER_KERNEL_VA, kuser_frame, KERNEL_PAGE)
+        syscall = self.symbol("KiSystemCall64Shadow") & ~(PAGE - 1)
+        frame = self.kernel.translate(syscall)
+        assert frame is not None
+        shadow.map(syscall, frame, KERNEL_PAGE & ~(1 << 63))
+        for index in range(0x100):
+            shadow.set_entry(index, space.entry(index))
+        return shadow
+
+
+class _UserHeap:
+    """Bump allocation of user memory in one process's address space."""
+
+    def __init__(self, builder: _Builder, space: AddressSpace, base: int) -> None:
+        self.builder = builder
+        self.space = space
+        self.next = base
+
+    def alloc(self, size: int) -> int:
+        address = self.next
+        self.next = (address + size + 15) & ~15
+        return address
+
+    def string(self, text: str) -> Tuple[int, int]:
+        data = utf16(text)
+        address = self.alloc(len(data) + 2)
+        self.space.write(address, data + b"\0\0", USER_PAGE)
+        return address, len(data)
+
+
+def _registers(
+    builder: _Builder, kpcrs: List[int], kernel_cr3: int, user_cr3: int, teb: int
+) -> Dict[str, Dict[str, Any]]:
+    from tests.support.partition_writer import random_registers
+    from volatility3_vmrs.savedstate.types import Segment, Table
+
+    rng = builder.rng
+    long_mode = dict(cr0=0x80050033, cr4=0x003706F8, efer=0xD01)  # PCIDE, SMEP, SMAP
+    kernel = random_registers(rng)
+    kernel.update(long_mode)
+    kernel.update(
+        cr3=kernel_cr3,
+        rip=builder.symbol("KiIdleLoop"),
+        rsp=kpcrs[0] - 0x38,
+        rflags=0x246,
+        cs=Segment(0, 0, 0x10, 0xA09B),
+        ss=Segment(0, 0, 0x18, 0xC093),
+        ds=Segment(0, 0xFFFFFFFF, 0x2B, 0xC0F3),
+        es=Segment(0, 0xFFFFFFFF, 0x2B, 0xC0F3),
+        fs=Segment(0, 0xFFFFFFFF, 0x53, 0x40F3),
+        gs=Segment(kpcrs[0], 0xFFFFFFFF, 0x2B, 0xC0F3),
+        gdtr=Table(0x57, kpcrs[0] + 0x1000),
+        idtr=Table(0xFFF, kpcrs[0] + 0x2000),
+        virtual_msrs=(0, teb),
+    )
+    user = random_registers(rng)
+    user.update(long_mode)
+    user.update(
+        cr3=user_cr3,
+        rip=NTDLL.base + 0x9D0E4,
+        rsp=teb - 0x2000 + 0x7F8,
+        rflags=0x246,
+        cs=Segment(0, 0, 0x33, 0xA0FB),
+        ss=Segment(0, 0, 0x2B, 0xC0F3),
+        ds=Segment(0, 0xFFFFFFFF, 0x2B, 0xC0F3),
+        es=Segment(0, 0xFFFFFFFF, 0x2B, 0xC0F3),
+        fs=Segment(0, 0xFFFFFFFF, 0x53, 0x40F3),
+        gs=Segment(teb, 0xFFFFFFFF, 0x2B, 0xC0F3),
+        gdtr=Table(0x57, kpcrs[1] + 0x1000),
+        idtr=Table(0xFFF, kpcrs[1] + 0x2000),
+        virtual_msrs=(0, kpcrs[1]),
+    )
+    return {"kernel": kernel, "user": user}
+
+
+def build_windows_guest(seed: int = 19041) -> WindowsGuest:
+    """Lay the guest out; the same seed gives the same bytes."""
+    isf = SYMBOLS.kernel
+    builder = _Builder(isf, seed)
+    cpu_count = 2
+    builder.image()
+    kuser_frame = builder.kuser()
+    builder.debugger_blocks(cpu_count)
+    kpcrs = builder.kpcrs(cpu_count)
+    builder.object_types()
+    builder.kernel_modules()
+    placed = []
+    for spec in PROCESSES:
+        eprocess, space = builder.process(spec, kuser_frame)
+        placed.append((spec, eprocess, space))
+    listed = [
+        eprocess + isf.offset("_EPROCESS", "ActiveProcessLinks")
+        for spec, eprocess, _ in placed
+        if spec.listed
+    ]
+    builder.link(listed, builder.symbol("PsActiveProcessHead"))
+    builder.kwrite(builder.symbol("PsInitialSystemProcess"), placed[0][1].to_bytes(8, "little"))
+    # The kernel is complete: every process shares its upper half.
+    shadow_root = 0
+    teb = 0
+    builder.self_reference(builder.kernel)
+    for spec, eprocess, space in placed:
+        if space is builder.kernel:
+            continue
+        builder.share_kernel_half(space)
+        builder.self_reference(space)
+        if spec.shadow:
+            teb = 0x000000D1_2345_6000
+            space.write(teb, b"\0" * 0x38, USER_PAGE)  # a TEB's NT_TIB, all it needs here
+            shadow = builder.kva_shadow(space, kuser_frame)
+            shadow_root = shadow.root
+            user_dtb = eprocess + isf.offset("_EPROCESS", "Pcb.UserDirectoryTableBase")
+            builder.kwrite(user_dtb, (shadow_root | 1).to_bytes(8, "little"))
+    assert shadow_root, "one process runs with a KVA-shadow user PML4"
+    registers = _registers(builder, kpcrs, KERNEL_DTB_GPA | 2, shadow_root | 1, teb)
+    truth = _truth(kpcrs)
+    truth["dtb"] = KERNEL_DTB_GPA
+    truth["shadow_dtb"] = shadow_root
+    return WindowsGuest(
+        ranges=builder.memory.ranges(),
+        kernel_dtb=KERNEL_DTB_GPA,
+        shadow_dtb=shadow_root,
+        registers=registers,
+        truth=truth,
+    )
+
+
+def _truth(kpcrs: List[int]) -> Dict[str, Any]:
+    processes = []
+    for spec in PROCESSES:
+        image = (
+            Dll(spec.name, spec.win32_path, spec.image_base, EXE_SIZES[spec.name])
+            if spec.command_line is not None
+            else None
+        )
+        processes.append(
+            {
+                "pid": spec.pid,
+                "ppid": spec.ppid,
+                "name": spec.name,
+                "create_time": spec.create_time,
+                "exit_time": spec.exit_time,
+                "threads": spec.threads,
+                "listed": spec.listed,
+                "session": spec.session,
+                "command_line": spec.command_line,
+                "image_path": spec.win32_path or None,
+                "audit_path": spec.image_path or None,
+                "dlls": [
+                    (dll.base, dll.size, dll.name, dll.path)
+                    for dll in ([image] if image else []) + list(spec.dlls)
+                ],
+            }
+        )
+    return {
+        "kernel_base": KERNEL_BASE,
+        "processes": processes,
+        "modules": [
+            {"name": name, "path": path, "base": base, "size": size}
+            for name, path, base, size in KERNEL_MODULES
+        ],
+        "build_lab": NT_BUILD_LAB,
+        "system_time": SYSTEM_TIME,
+        "system_root": "C:\\Windows",
+        "cpu_count": 2,
+        "major_minor": "15.19041",
+        "pe_timestamp": PE_TIMESTAMP,
+        "kpcrs": kpcrs,
+    }
+
+
+# --- the guest as saved states ---------------------------------------------------------
+WINDOWS_10_19041_OS_ID = (1 << 48) | (4 << 40) | (10 << 32) | (0 << 24) | 19041
+GARBAGE_CR3 = 0x5000  # a zero page of RAM: no self-reference, fails the layer's check
+
+# variant -> (VP roles in index order, writer options)
+VARIANTS: Dict[str, Tuple[Tuple[str, ...], Dict[str, Any]]] = {
+    "raw": (("kernel", "user"), {"compression": "raw"}),
+    "xpress": (("user", "kernel"), {"compression": "xpress"}),
+    "bad_cr3": (("bad", "user"), {"compression": "raw"}),
+}
+
+
+def memory_image(seed: int = 19041) -> Tuple[List[Tuple[int, bytes]], Dict[str, Any]]:
+    """The guest's RAM as (gpa, bytes) ranges and its truth, without any saved state
+    around it (for a legacy ``.bin`` or any other container)."""
+    guest = build_windows_guest(seed)
+    return guest.ranges, guest.truth
+
+
+def vp_registers(guest: WindowsGuest, role: str) -> Dict[str, Any]:
+    if role == "bad":
+        return {**guest.registers["kernel"], "cr3": GARBAGE_CR3}
+    return guest.registers[role]
+
+
+def vmrs_bytes(guest: WindowsGuest, variant: str) -> bytes:
+    """The guest as a ``.vmrs`` in one of :data:`VARIANTS`."""
+    from tests.support.partition_writer import (
+        PartitionDescription,
+        VpDescription,
+        VtlDescription,
+        build_partition_state,
+    )
+    from tests.support.savedstate_writer import SavedStateWriter
+
+    roles, options = VARIANTS[variant]
+    vps = [
+        VpDescription(index, {0: VtlDescription(vp_registers(guest, role))})
+        for index, role in enumerate(roles)
+    ]
+    blob = build_partition_state(PartitionDescription(vps=vps, os_id=WINDOWS_10_19041_OS_ID))
+    data, _ = SavedStateWriter(guest.ranges, blob, **options).build()
+    return data
