@@ -535,7 +535,7 @@ class _Builder:
         space.write(peb_va, bytes(peb), USER_PAGE)
         return peb_va
 
-    def loader(self, spec: ProcessSpec, space: AddressSpace, heap: "_UserHeap") -> int:
+    def loader(self, spec: ProcessSpec, space: AddressSpace, heap: _UserHeap) -> int:
         """_PEB_LDR_DATA and one _LDR_DATA_TABLE_ENTRY per module (the image first)."""
         ldr_type = "_LDR_DATA_TABLE_ENTRY"
         image = Dll(spec.name, spec.win32_path, spec.image_base, EXE_SIZES[spec.name])
@@ -559,7 +559,7 @@ class _Builder:
         for chain, head_field, link_field in lists.values():
             head = ldr_va + self.isf.offset("_PEB_LDR_DATA", head_field)
             nodes = [head] + [entry + self.isf.offset(ldr_type, link_field) for entry in chain]
-            for index, node in enumerate(nodes):
+            for index in range(len(nodes)):
                 following, previous = nodes[(index + 1) % len(nodes)], nodes[index - 1]
                 if index == 0:
                     ldr.set(f"{head_field}.Flink", following)

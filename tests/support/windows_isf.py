@@ -31,12 +31,12 @@ TypeRef = Dict[str, Any]
 class Isf:
     """One ISF: its user types, base types, enumerations and symbols."""
 
-    def __init__(self, document: Dict[str, Any], fallback: "Isf | None" = None) -> None:
+    def __init__(self, document: Dict[str, Any], fallback: Isf | None = None) -> None:
         self.document = document
         self.fallback = fallback
 
     @classmethod
-    def load(cls, path: Path, fallback: "Isf | None" = None) -> "Isf":
+    def load(cls, path: Path, fallback: Isf | None = None) -> Isf:
         opener = lzma.open if path.suffix == ".xz" else open
         with opener(path, "rt") as handle:  # type: ignore[operator]
             return cls(json.load(handle), fallback)
@@ -117,7 +117,7 @@ class Isf:
             return self.type_size(ref["type"])
         raise ValueError(f"cannot size ISF type kind {kind!r}")
 
-    def struct(self, name: str) -> "Struct":
+    def struct(self, name: str) -> Struct:
         return Struct(self, name)
 
 
@@ -129,14 +129,14 @@ class Struct:
         self.name = name
         self.data = bytearray(isf.size(name))
 
-    def set(self, path: str, value: Union[int, bytes]) -> "Struct":
+    def set(self, path: str, value: Union[int, bytes]) -> Struct:
         offset, ref = self.isf.field(self.name, path)
         self.data[offset : offset + self.isf.type_size(ref)] = _encode(
             self.isf, ref, value, self.data, offset
         )
         return self
 
-    def update(self, **values: Union[int, bytes]) -> "Struct":
+    def update(self, **values: Union[int, bytes]) -> Struct:
         """Several top-level fields at once (``__`` stands for ``.`` in nested paths)."""
         for key, value in values.items():
             self.set(key.replace("__", "."), value)
