@@ -1,0 +1,331 @@
+"""The stock Volatility 3 Windows plugins, end to end, on a saved Windows guest.
+
+The guest (:mod:`tests.support.windows_guest`) is a synthetic Windows 10 build 19041.329
+x64 kernel laid out by that kernel's real ISF; each variant is written as a ``.vmrs``
+and the installed, unmodified ``vol`` runs on it with ``-s tests/data/symbols``, so
+Volatility's own PDB scan finds the kernel and picks the ISF. Every plugin's output must
+be exactly the builder's truth. Variants:
+
+* ``raw``: raw RamBlocks; VP 0 in kernel mode, VP 1 in user mode on the KVA-shadow
+  user CR3;
+* ``xpress``: XPRESS RamBlocks; VP 0 is the user-mode one, so the layer must pass over
+  it and take VP 1's kernel CR3;
+* ``bad_cr3``: the kernel-mode VP's CR3 points at a zero page, so the layer publishes no
+  DTB and Volatility's own self-reference search has to find it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Dict, List
+
+import pefile
+import pytest
+import volatility3.framework.automagic  # noqa: F401  (the stock OS stackers)
+from volatility3 import framework
+from volatility3.framework import contexts
+from volatility3.framework.automagic import stacker
+from volatility3.framework.layers import intel, physical
+
+import volatility3_vmrs.layers  # noqa: F401  (one import registers the stacker)
+from tests.support import windows_guest as W
+from tests.support.vol import flatten, vol_json
+from tests.support.windows_isf import SYMBOLS
+from volatility3_vmrs.layers.vmrs import VmrsLayer, check_windows_dtb
+from volatility3_vmrs.savedstate import SavedStateDump
+from volatility3_vmrs.savedstate.errors import VaNotMappedError
+from volatility3_vmrs.savedstate.types import PAGING_MODE
+
+REPO = Path(__file__).resolve().parent.parent
+SYMBOL_DIR = REPO / "tests" / "data" / "symbols"
+VARIANTS = tuple(W.VARIANTS)
+PLUGINS = (
+    "windows.info",
+    "windows.pslist",
+    "windows.pstree",
+    "windows.psscan",
+    "windows.cmdline",
+    "windows.dlllist",
+    "windows.modules",
+)
+# Volatility renders kernel pointers through the 48-bit address mask of its x64 layer.
+ADDRESS_MASK = (1 << 48) - 1
+
+framework.import_files(sys.modules["volatility3.framework.layers"])
+framework.import_files(sys.modules["volatility3.framework.automagic"])
+
+
+@pytest.fixture(scope="session")
+def guest() -> W.WindowsGuest:
+    return W.build_windows_guest()
+
+
+@pytest.fixture(scope="session")
+def vmrs_files(guest: W.WindowsGuest, tmp_path_factory) -> Dict[str, Path]:
+    directory = tmp_path_factory.mktemp("windows_guest")
+    paths = {}
+    for variant in VARIANTS:
+        path = directory / f"windows-19041-{variant}.vmrs"
+        path.write_bytes(W.vmrs_bytes(guest, variant))
+        paths[variant] = path
+    return paths
+
+
+@pytest.fixture(scope="session")
+def run(vmrs_files: Dict[str, Path], vol_cache: Path):
+    def run_plugin(variant: str, plugin: str) -> List[Dict[str, Any]]:
+        args = ["-s", str(SYMBOL_DIR), "-f", str(vmrs_files[variant]), plugin]
+        return vol_json(args, cache=vol_cache, timeout=300)
+
+    return run_plugin
+
+
+def time_of(moment: datetime.datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+def processes(guest: W.WindowsGuest, *, listed_only: bool) -> List[Dict[str, Any]]:
+    return [p for p in guest.truth["processes"] if p["listed"] or not listed_only]
+
+
+def process_rows(rows: List[Dict[str, Any]]) -> List[tuple]:
+    return [
+        (
+            row["PID"],
+            row["PPID"],
+            row["ImageFileName"],
+            row["CreateTime"],
+            row["ExitTime"],
+            row["Threads"],
+            row["SessionId"],
+            row["Wow64"],
+        )
+        for row in rows
+    ]
+
+
+def expected_process_rows(truth: List[Dict[str, Any]]) -> List[tuple]:
+    return [
+        (
+            p["pid"],
+            p["ppid"],
+            p["name"],
+            time_of(p["create_time"]),
+            time_of(p["exit_time"]),
+            p["threads"],
+            p["session"],
+            False,
+        )
+        for p in truth
+    ]
+
+
+# --- the guest itself, without Volatility ------------------------------------------------
+def test_kernel_image_carries_the_isf_codeview_record(vmrs_files: Dict[str, Path]) -> None:
+    """pefile (an independent PE parser) reads the kernel's headers through the saved
+    kernel CR3 and finds the CodeView record that names the ISF."""
+    with SavedStateDump(str(vmrs_files["raw"])) as dump:
+        image = b""
+        for page in range(0, 0x2000, 0x1000):
+            gpa = dump.virtual_to_physical(0, W.KERNEL_BASE + page)
+            image += dump.read_physical(gpa, 0x1000)
+    pe = pefile.PE(data=image, fast_load=True)
+    pe.parse_data_directories([pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_DEBUG"]])
+    assert pe.FILE_HEADER.Machine == 0x8664
+    assert pe.OPTIONAL_HEADER.ImageBase == W.KERNEL_BASE
+    codeview = pe.DIRECTORY_ENTRY_DEBUG[0].entry
+    pdb = SYMBOLS.kernel.pdb
+    assert codeview.CvSignature == b"RSDS"
+    assert codeview.PdbFileName.rstrip(b"\0") == b"ntkrnlmp.pdb" == pdb["database"].encode()
+    guid = uuid.UUID(
+        fields=(
+            codeview.Signature_Data1,
+            codeview.Signature_Data2,
+            codeview.Signature_Data3,
+            codeview.Signature_Data4,
+            codeview.Signature_Data5,
+            int.from_bytes(codeview.Signature_Data6, "big"),
+        )
+    )
+    assert guid.hex.upper() == pdb["GUID"] == "BBED7C2955FBE4522AAA23F4B8677AD9"
+    assert codeview.Age == pdb["age"] == 1
+
+
+def test_memory_image_is_the_saved_memory(vmrs_files: Dict[str, Path]) -> None:
+    """The plain image (for a legacy .bin) is byte for byte the RAM of the .vmrs."""
+    ranges, truth = W.memory_image()
+    assert truth["dtb"] == W.KERNEL_DTB_GPA and len(truth["processes"]) == 5
+    with SavedStateDump(str(vmrs_files["xpress"])) as dump:
+        page_size, chunks = dump.memory_chunks()
+        assert [
+            (c.GuestPhysicalStartPageIndex * page_size, c.PageCount * page_size) for c in chunks
+        ] == [(gpa, len(data)) for gpa, data in ranges]
+        for gpa, data in ranges:
+            assert dump.read_physical(gpa, len(data)) == data
+
+
+def test_address_spaces(guest: W.WindowsGuest, vmrs_files: Dict[str, Path]) -> None:
+    """Kernel PML4: one self-reference; the KVA-shadow user PML4: none, the user half of
+    its process, and of the kernel only KUSER_SHARED_DATA and the system-call page."""
+    with SavedStateDump(str(vmrs_files["raw"])) as dump:
+        read = dump.read_physical
+        assert check_windows_dtb(read, PAGING_MODE.Paging_Long, guest.kernel_dtb) is None
+        problem = check_windows_dtb(read, PAGING_MODE.Paging_Long, guest.shadow_dtb)
+        assert problem and "self-referencing" in problem
+        user = dump.registers(1, 0)
+        assert user.cpl == 3 and user.dtb == guest.shadow_dtb
+        kernel = dump.registers(0, 0)
+        assert kernel.cpl == 0 and kernel.dtb == guest.kernel_dtb
+        kuser = dump.virtual_to_physical(0, W.KUSER_KERNEL_VA)
+        assert dump.virtual_to_physical(1, W.KUSER_KERNEL_VA) == kuser
+        assert dump.virtual_to_physical(1, W.KUSER_USER_VA) == kuser
+        syscall = W.KERNEL_BASE + SYMBOLS.kernel.symbol("KiSystemCall64Shadow")
+        assert dump.virtual_to_physical(1, syscall) == dump.virtual_to_physical(0, syscall)
+        assert dump.translate(0, W.KERNEL_BASE).gpa is not None
+        with pytest.raises(VaNotMappedError):
+            dump.virtual_to_physical(1, W.KERNEL_BASE)
+
+
+# --- the layer's DTB and Volatility's own search ----------------------------------------
+def stacked(path: Path):
+    context = contexts.Context()
+    context.config["FileLayer.location"] = path.resolve().as_uri()
+    context.add_layer(physical.FileLayer(context, "FileLayer", "FileLayer"))
+    names = stacker.LayerStacker.stack_layer(context, "FileLayer")
+    layers = [context.layers[name] for name in names]
+    vmrs = [layer for layer in layers if isinstance(layer, VmrsLayer)]
+    windows = [layer for layer in layers if isinstance(layer, intel.WindowsIntel32e)]
+    assert len(vmrs) == 1 and len(windows) == 1, names
+    return vmrs[0], windows[0]
+
+
+@pytest.mark.parametrize(
+    "variant, vp, published",
+    [("raw", 0, True), ("xpress", 1, True), ("bad_cr3", 0, False)],
+)
+def test_layer_publishes_the_kernel_cr3_or_nothing(
+    guest: W.WindowsGuest, vmrs_files: Dict[str, Path], variant: str, vp: int, published: bool
+) -> None:
+    vmrs, windows = stacked(vmrs_files[variant])
+    assert vmrs.vp_index == vp  # the kernel-mode VP, never the user-mode one
+    if published:
+        assert vmrs.metadata["page_map_offset"] == guest.kernel_dtb
+    else:
+        assert "page_map_offset" not in vmrs.metadata
+        assert "not published" in vmrs.dtb_note
+    # Either way the Windows layer stands on the kernel PML4 (published or searched).
+    assert windows.config["page_map_offset"] == guest.kernel_dtb
+
+
+def test_published_and_searched_dtb_agree(guest: W.WindowsGuest, run) -> None:
+    published = {row["Variable"]: row["Value"] for row in run("raw", "windows.info")}
+    searched = {row["Variable"]: row["Value"] for row in run("bad_cr3", "windows.info")}
+    assert published["DTB"] == searched["DTB"] == hex(guest.kernel_dtb)
+
+
+# --- the stock plugins -----------------------------------------------------------------
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_info(guest: W.WindowsGuest, run, variant: str) -> None:
+    rows = {row["Variable"]: row["Value"] for row in run(variant, "windows.info")}
+    truth = guest.truth
+    kernel = SYMBOLS.kernel
+    assert rows["Kernel Base"] == hex(W.KERNEL_BASE & ADDRESS_MASK)
+    assert rows["DTB"] == hex(guest.kernel_dtb)
+    assert rows["Symbols"].endswith(
+        "/windows/ntkrnlmp.pdb/BBED7C2955FBE4522AAA23F4B8677AD9-1.json.xz"
+    )
+    assert rows["Is64Bit"] == "True" and rows["IsPAE"] == "False"
+    assert rows["memory_layer"] == "1 VmrsLayer"
+    block = (W.KERNEL_BASE + kernel.symbol("KdDebuggerDataBlock")) & ADDRESS_MASK
+    assert rows["KdDebuggerDataBlock"] == hex(block)
+    assert rows["NTBuildLab"] == truth["build_lab"][:32]  # the plugin reads 32 characters
+    assert rows["CSDVersion"] == "0"
+    version = (W.KERNEL_BASE + kernel.symbol("KdVersionBlock")) & ADDRESS_MASK
+    assert rows["KdVersionBlock"] == hex(version)
+    assert rows["Major/Minor"] == truth["major_minor"]
+    assert rows["MachineType"] == "34404"
+    assert rows["KeNumberProcessors"] == str(truth["cpu_count"])
+    assert rows["SystemTime"] == str(truth["system_time"])
+    assert rows["NtSystemRoot"] == truth["system_root"]
+    assert rows["NtProductType"] == "NtProductWinNt"
+    assert (rows["NtMajorVersion"], rows["NtMinorVersion"]) == ("10", "0")
+    assert rows["PE MajorOperatingSystemVersion"] == "10"
+    assert rows["PE Machine"] == "34404"
+    assert rows["PE TimeDateStamp"] == time.asctime(time.gmtime(truth["pe_timestamp"]))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_pslist(guest: W.WindowsGuest, run, variant: str) -> None:
+    rows = run(variant, "windows.pslist")
+    assert process_rows(rows) == expected_process_rows(processes(guest, listed_only=True))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_psscan_finds_the_exited_process_too(guest: W.WindowsGuest, run, variant: str) -> None:
+    rows = sorted(process_rows(run(variant, "windows.psscan")))
+    assert rows == sorted(expected_process_rows(processes(guest, listed_only=False)))
+    exited = [p["pid"] for p in guest.truth["processes"] if not p["listed"]]
+    listed = {row["PID"] for row in run(variant, "windows.pslist")}
+    assert exited and not listed & set(exited)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_pstree(guest: W.WindowsGuest, run, variant: str) -> None:
+    def shape(rows: List[Dict[str, Any]]) -> List[Any]:
+        return [
+            (row["PID"], row["Audit"], row["Cmd"], row["Path"], shape(row["__children"]))
+            for row in rows
+        ]
+
+    truth = processes(guest, listed_only=True)
+    pids = {p["pid"] for p in truth}
+
+    def expected(parent_of: int) -> List[Any]:
+        return [
+            (p["pid"], p["audit_path"], p["command_line"], p["image_path"], expected(p["pid"]))
+            for p in truth
+            if p["ppid"] == parent_of
+        ]
+
+    roots = [p for p in truth if p["ppid"] not in pids]
+    want = [
+        (p["pid"], p["audit_path"], p["command_line"], p["image_path"], expected(p["pid"]))
+        for p in roots
+    ]
+    rows = run(variant, "windows.pstree")
+    assert shape(rows) == want
+    assert len(flatten(rows)) == len(truth)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_cmdline(guest: W.WindowsGuest, run, variant: str) -> None:
+    rows = run(variant, "windows.cmdline")
+    got = [(row["PID"], row["Process"], row["Args"]) for row in rows]
+    want = [(p["pid"], p["name"], p["command_line"]) for p in processes(guest, listed_only=True)]
+    assert got == want
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_dlllist(guest: W.WindowsGuest, run, variant: str) -> None:
+    rows = run(variant, "windows.dlllist")
+    got = [(r["PID"], r["Base"], r["Size"], r["Name"], r["Path"], r["LoadTime"]) for r in rows]
+    want = [
+        (p["pid"], base, size, name, path, time_of(p["create_time"]))
+        for p in processes(guest, listed_only=True)
+        for base, size, name, path in p["dlls"]
+    ]
+    assert got == want
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_modules(guest: W.WindowsGuest, run, variant: str) -> None:
+    rows = run(variant, "windows.modules")
+    got = [(r["Base"], r["Size"], r["Name"], r["Path"]) for r in rows]
+    want = [
+        (m["base"] & ADDRESS_MASK, m["size"], m["name"], m["path"]) for m in guest.truth["modules"]
+    ]
+    assert got == want
