@@ -11,7 +11,9 @@ be exactly the builder's truth. Variants:
 * ``xpress``: XPRESS RamBlocks; VP 0 is the user-mode one, so the layer must pass over
   it and take VP 1's kernel CR3;
 * ``bad_cr3``: the kernel-mode VP's CR3 points at a zero page, so the layer publishes no
-  DTB and Volatility's own self-reference search has to find it.
+  DTB and Volatility's own self-reference search has to find it;
+* ``user_only``: XPRESS; a single VP, in user mode on the KVA-shadow CR3 (no
+  self-reference): the layer falls back to it, rejects its CR3, and Volatility searches.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ PLUGINS = (
     "windows.cmdline",
     "windows.dlllist",
     "windows.modules",
+    "windows.driverscan",
 )
 # Volatility renders kernel pointers through the 48-bit address mask of its x64 layer.
 ADDRESS_MASK = (1 << 48) - 1
@@ -205,7 +208,7 @@ def stacked(path: Path):
 
 @pytest.mark.parametrize(
     "variant, vp, published",
-    [("raw", 0, True), ("xpress", 1, True), ("bad_cr3", 0, False)],
+    [("raw", 0, True), ("xpress", 1, True), ("bad_cr3", 0, False), ("user_only", 0, False)],
 )
 def test_layer_publishes_the_kernel_cr3_or_nothing(
     guest: W.WindowsGuest, vmrs_files: Dict[str, Path], variant: str, vp: int, published: bool
@@ -223,8 +226,9 @@ def test_layer_publishes_the_kernel_cr3_or_nothing(
 
 def test_published_and_searched_dtb_agree(guest: W.WindowsGuest, run) -> None:
     published = {row["Variable"]: row["Value"] for row in run("raw", "windows.info")}
-    searched = {row["Variable"]: row["Value"] for row in run("bad_cr3", "windows.info")}
-    assert published["DTB"] == searched["DTB"] == hex(guest.kernel_dtb)
+    for variant in ("bad_cr3", "user_only"):
+        searched = {row["Variable"]: row["Value"] for row in run(variant, "windows.info")}
+        assert published["DTB"] == searched["DTB"] == hex(guest.kernel_dtb)
 
 
 # --- the stock plugins -----------------------------------------------------------------
@@ -328,4 +332,22 @@ def test_modules(guest: W.WindowsGuest, run, variant: str) -> None:
     want = [
         (m["base"] & ADDRESS_MASK, m["size"], m["name"], m["path"]) for m in guest.truth["modules"]
     ]
+    assert got == want
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_driverscan_decodes_cookie_encoded_type_indices(
+    guest: W.WindowsGuest, run, variant: str
+) -> None:
+    """driverscan keeps a pool block only when its object header's TypeIndex, decoded
+    with ObHeaderCookie and the header address, names the Driver type; the name comes
+    from the optional name header found through ObpInfoMaskToOffset."""
+    rows = run(variant, "windows.driverscan")
+    got = sorted(
+        (r["Start"], r["Size"], r["Service Key"], r["Driver Name"], r["Name"]) for r in rows
+    )
+    want = sorted(
+        (d["base"] & ADDRESS_MASK, d["size"], d["service_key"], d["name"], d["path"])
+        for d in guest.truth["drivers"]
+    )
     assert got == want

@@ -58,7 +58,7 @@ SYSTEM_TIME = datetime.datetime(2025, 3, 14, 9, 26, 53, tzinfo=datetime.timezone
 BOOT_TIME = datetime.datetime(2025, 3, 14, 8, 1, 12, tzinfo=datetime.timezone.utc)
 NT_BUILD_LAB = "19041.1.amd64fre.vb_release.191206-1406"
 PE_TIMESTAMP = 0x5ED0A36B
-PROCESS_TYPE_INDEX = 7  # ObTypeIndexTable slot of the Process type on 19041
+# ObTypeIndexTable slots: the guest's own numbering (Process at 7 as on Windows 10).
 OBJECT_TYPE_NAMES = {
     2: "Type",
     3: "Directory",
@@ -67,9 +67,23 @@ OBJECT_TYPE_NAMES = {
     6: "Job",
     7: "Process",
     8: "Thread",
+    9: "Device",
+    10: "Driver",
 }
+TYPE_INDEX = {name: index for index, name in OBJECT_TYPE_NAMES.items()}
 OB_HEADER_COOKIE = 0x5C
-QUOTA_INFO_BIT = 0x08  # InfoMask bit of _OBJECT_HEADER_QUOTA_INFO (volatility's order)
+# The optional object headers, bit n of _OBJECT_HEADER.InfoMask naming the n-th; a
+# header with a lower bit lies closer to the _OBJECT_HEADER (ObpInfoMaskToOffset).
+OPTIONAL_HEADERS = (
+    "CREATOR_INFO",
+    "NAME_INFO",
+    "HANDLE_INFO",
+    "QUOTA_INFO",
+    "PROCESS_INFO",
+    "AUDIT_INFO",
+    "EXTENDED_INFO",
+    "PADDING_INFO",
+)
 
 # The kernel image's sections: (name, rva, virtual size); symbol RVAs must fall inside.
 SECTIONS = (
@@ -202,6 +216,26 @@ KERNEL_MODULES: Tuple[Tuple[str, str, int, int], ...] = (
     ("kdcom.dll", r"\SystemRoot\system32\kdcom.dll", 0xFFFFF80060E00000, 0xB000),
     ("CI.dll", r"\SystemRoot\system32\CI.dll", 0xFFFFF80061020000, 0xD7000),
     ("ACPI.sys", r"\SystemRoot\System32\drivers\ACPI.sys", 0xFFFFF80061A40000, 0xB9000),
+    ("disk.sys", r"\SystemRoot\System32\drivers\disk.sys", 0xFFFFF80062410000, 0x20000),
+)
+
+
+@dataclass(frozen=True)
+class Driver:
+    name: str  # the object's name (its name header)
+    path: str  # DriverName
+    service_key: str
+    base: int
+    size: int
+
+
+DRIVERS: Tuple[Driver, ...] = tuple(
+    Driver(key, f"\\Driver\\{key}", key, base, size)
+    for key, base, size in (
+        (module[0].split(".")[0], module[2], module[3])
+        for module in KERNEL_MODULES
+        if module[0].endswith(".sys")
+    )
 )
 
 
@@ -440,7 +474,7 @@ class _Builder:
         table = self.symbol("ObTypeIndexTable")
         self.kwrite(table, bytes(8) + (0xBAD0B0B0).to_bytes(8, "little"))
         for index, name in OBJECT_TYPE_NAMES.items():
-            body = self.object(b"ObjT", "_OBJECT_TYPE", type_index=2)
+            body = self.object(b"ObjT", "_OBJECT_TYPE", object_type="Type")
             object_type = self.isf.struct("_OBJECT_TYPE")
             string, length = self.kstring(name)
             self.unicode_string(object_type, "Name", string, length)
@@ -452,30 +486,80 @@ class _Builder:
             self.kwrite(table + index * 8, body.to_bytes(8, "little"))
         self.kwrite(self.symbol("ObHeaderCookie"), OB_HEADER_COOKIE.to_bytes(4, "little"))
 
-    def object(self, tag: bytes, type_name: str, *, type_index: int, quota: bool = False) -> int:
-        """An executive object in its own pool block: returns the body's address."""
-        header_type = "_OBJECT_HEADER"
-        body_offset = self.isf.offset(header_type, "Body")
-        quota_size = self.isf.size("_OBJECT_HEADER_QUOTA_INFO") if quota else 0
-        start = self.pool(tag, quota_size + body_offset + self.isf.size(type_name), page=True)
-        if quota:
-            info = self.isf.struct("_OBJECT_HEADER_QUOTA_INFO")
-            info.set("PagedPoolCharge", 0x1000)
-            info.set("NonPagedPoolCharge", self.isf.size(type_name) + body_offset)
-            self.kstruct(start, info)
-        header_address = start + quota_size
-        header = self.isf.struct(header_type)
+    def info_mask_offsets(self) -> None:
+        """ObpInfoMaskToOffset: for each InfoMask, the bytes its optional headers take."""
+        sizes = [self.isf.size(f"_OBJECT_HEADER_{name}") for name in OPTIONAL_HEADERS]
+        table = bytes(
+            sum(size for bit, size in enumerate(sizes) if mask >> bit & 1) for mask in range(256)
+        )
+        self.kwrite(self.symbol("ObpInfoMaskToOffset"), table)
+
+    def object(
+        self,
+        tag: bytes,
+        type_name: str,
+        *,
+        object_type: str,
+        optional: Optional[Dict[str, Struct]] = None,
+    ) -> int:
+        """An executive object in its own pool block: pool header, optional headers
+        (highest InfoMask bit first), _OBJECT_HEADER, body. Returns the body's address."""
+        optional = optional or {}
+        order = sorted(optional, key=OPTIONAL_HEADERS.index, reverse=True)
+        prefix = b"".join(bytes(optional[name]) for name in order)
+        body_offset = self.isf.offset("_OBJECT_HEADER", "Body")
+        start = self.pool(tag, len(prefix) + body_offset + self.isf.size(type_name), page=True)
+        self.kwrite(start, prefix)
+        header_address = start + len(prefix)
+        header = self.isf.struct("_OBJECT_HEADER")
         header.set("PointerCount", 0x30)
         header.set("HandleCount", 2)
-        header.set("InfoMask", QUOTA_INFO_BIT if quota else 0)
+        header.set("InfoMask", sum(1 << OPTIONAL_HEADERS.index(name) for name in optional))
         # Windows 10 stores index ^ ObHeaderCookie ^ second byte of the header address.
-        header.set("TypeIndex", type_index ^ OB_HEADER_COOKIE ^ ((header_address >> 8) & 0xFF))
+        index = TYPE_INDEX[object_type]
+        header.set("TypeIndex", index ^ OB_HEADER_COOKIE ^ ((header_address >> 8) & 0xFF))
         self.kstruct(header_address, header)
         return header_address + body_offset
 
+    def name_info(self, name: str) -> Struct:
+        info = self.isf.struct("_OBJECT_HEADER_NAME_INFO")
+        self.unicode_string(info, "Name", *self.kstring(name))
+        info.set("ReferenceCount", 1)
+        return info
+
+    def drivers(self) -> None:
+        """A _DRIVER_OBJECT (pool tag Driv, with a name header) per driver module."""
+        for driver in DRIVERS:
+            body = self.object(
+                b"Driv",
+                "_DRIVER_OBJECT",
+                object_type="Driver",
+                optional={"NAME_INFO": self.name_info(driver.name)},
+            )
+            extension = self.pool(b"Driv", self.isf.size("_DRIVER_EXTENSION"))
+            ext = self.isf.struct("_DRIVER_EXTENSION")
+            ext.set("DriverObject", body)
+            self.unicode_string(ext, "ServiceKeyName", *self.kstring(driver.service_key))
+            self.kstruct(extension, ext)
+            obj = self.isf.struct("_DRIVER_OBJECT")
+            obj.set("Type", 4)  # IO_TYPE_DRIVER
+            obj.set("Size", self.isf.size("_DRIVER_OBJECT"))
+            obj.set("Flags", 0x12)
+            obj.set("DriverStart", driver.base)
+            obj.set("DriverSize", driver.size)
+            obj.set("DriverExtension", extension)
+            self.unicode_string(obj, "DriverName", *self.kstring(driver.path))
+            obj.set("DriverInit", driver.base + 0x2000)
+            self.kstruct(body, obj)
+
     # --- processes ------------------------------------------------------------------
     def process(self, spec: ProcessSpec, kuser_frame: int) -> Tuple[int, AddressSpace]:
-        eprocess = self.object(b"Proc", "_EPROCESS", type_index=PROCESS_TYPE_INDEX, quota=True)
+        quota = self.isf.struct("_OBJECT_HEADER_QUOTA_INFO")
+        quota.set("PagedPoolCharge", 0x1000)
+        quota.set("NonPagedPoolCharge", self.isf.size("_EPROCESS"))
+        eprocess = self.object(
+            b"Proc", "_EPROCESS", object_type="Process", optional={"QUOTA_INFO": quota}
+        )
         if spec.pid == 4:
             space = self.kernel  # System runs on the kernel's own PML4
         else:
@@ -695,8 +779,10 @@ def build_windows_guest(seed: int = 19041) -> WindowsGuest:
     kuser_frame = builder.kuser()
     builder.debugger_blocks(cpu_count)
     kpcrs = builder.kpcrs(cpu_count)
+    builder.info_mask_offsets()
     builder.object_types()
     builder.kernel_modules()
+    builder.drivers()
     placed = []
     for spec in PROCESSES:
         eprocess, space = builder.process(spec, kuser_frame)
@@ -768,6 +854,16 @@ def _truth(kpcrs: List[int]) -> Dict[str, Any]:
     return {
         "kernel_base": KERNEL_BASE,
         "processes": processes,
+        "drivers": [
+            {
+                "name": d.name,
+                "path": d.path,
+                "service_key": d.service_key,
+                "base": d.base,
+                "size": d.size,
+            }
+            for d in DRIVERS
+        ],
         "modules": [
             {"name": name, "path": path, "base": base, "size": size}
             for name, path, base, size in KERNEL_MODULES
@@ -791,6 +887,7 @@ VARIANTS: Dict[str, Tuple[Tuple[str, ...], Dict[str, Any]]] = {
     "raw": (("kernel", "user"), {"compression": "raw"}),
     "xpress": (("user", "kernel"), {"compression": "xpress"}),
     "bad_cr3": (("bad", "user"), {"compression": "raw"}),
+    "user_only": (("user",), {"compression": "xpress"}),
 }
 
 
