@@ -34,8 +34,10 @@ from volatility3.framework.automagic import stacker
 from volatility3.framework.layers import intel, physical
 
 import volatility3_vmrs.layers  # noqa: F401  (one import registers the stacker)
-from tests.support import windows_guest as W
+from tests.support import windows_vmrs as V
 from tests.support.vol import flatten, vol_json
+from tests.support.windows_content import KERNEL_BASE
+from tests.support.windows_guest import KERNEL_DTB_GPA, KUSER_KERNEL_VA, KUSER_USER_VA, WindowsGuest
 from tests.support.windows_isf import SYMBOLS
 from volatility3_vmrs.layers.vmrs import VmrsLayer, check_windows_dtb
 from volatility3_vmrs.savedstate import SavedStateDump
@@ -44,17 +46,19 @@ from volatility3_vmrs.savedstate.types import PAGING_MODE
 
 REPO = Path(__file__).resolve().parent.parent
 SYMBOL_DIR = REPO / "tests" / "data" / "symbols"
-VARIANTS = tuple(W.VARIANTS)
-PLUGINS = (
-    "windows.info",
-    "windows.pslist",
-    "windows.pstree",
-    "windows.psscan",
-    "windows.cmdline",
-    "windows.dlllist",
-    "windows.modules",
-    "windows.driverscan",
-)
+VARIANTS = tuple(V.VARIANTS)
+# Every plugin runs on the variants that differ in what the plugins read through the
+# layer (raw and XPRESS blocks, the DTB published or searched); the two that differ only
+# in how the kernel is found (a lone user-mode VP, an encoded KDBG) run the plugins that
+# find it and walk the process lists, to keep the vol runs few.
+ALL_PLUGINS_ON = ("raw", "xpress", "bad_cr3")
+KERNEL_FINDING = ("windows.info", "windows.pslist", "windows.psscan")
+
+
+def variants_for(plugin: str) -> tuple:
+    return VARIANTS if plugin in KERNEL_FINDING else ALL_PLUGINS_ON
+
+
 # Volatility renders kernel pointers through the 48-bit address mask of its x64 layer.
 ADDRESS_MASK = (1 << 48) - 1
 
@@ -63,17 +67,29 @@ framework.import_files(sys.modules["volatility3.framework.automagic"])
 
 
 @pytest.fixture(scope="session")
-def guest() -> W.WindowsGuest:
-    return W.build_windows_guest()
+def guests() -> Dict[bool, WindowsGuest]:
+    """The guests, built once each: keyed by whether the KDBG is encoded."""
+    return {}
 
 
 @pytest.fixture(scope="session")
-def vmrs_files(guest: W.WindowsGuest, tmp_path_factory) -> Dict[str, Path]:
+def guest(guests: Dict[bool, WindowsGuest]) -> WindowsGuest:
+    return V.guest_for("raw", guests)
+
+
+@pytest.fixture(scope="session")
+def guest_of(guests: Dict[bool, WindowsGuest]):
+    """The guest behind a variant's file."""
+    return lambda variant: V.guest_for(variant, guests)
+
+
+@pytest.fixture(scope="session")
+def vmrs_files(guests: Dict[bool, WindowsGuest], tmp_path_factory) -> Dict[str, Path]:
     directory = tmp_path_factory.mktemp("windows_guest")
     paths = {}
     for variant in VARIANTS:
         path = directory / f"windows-19041-{variant}.vmrs"
-        path.write_bytes(W.vmrs_bytes(guest, variant))
+        path.write_bytes(V.vmrs_bytes(V.guest_for(variant, guests), variant))
         paths[variant] = path
     return paths
 
@@ -91,7 +107,7 @@ def time_of(moment: datetime.datetime | None) -> str | None:
     return None if moment is None else moment.isoformat()
 
 
-def processes(guest: W.WindowsGuest, *, listed_only: bool) -> List[Dict[str, Any]]:
+def processes(guest: WindowsGuest, *, listed_only: bool) -> List[Dict[str, Any]]:
     return [p for p in guest.truth["processes"] if p["listed"] or not listed_only]
 
 
@@ -134,12 +150,12 @@ def test_kernel_image_carries_the_isf_codeview_record(vmrs_files: Dict[str, Path
     with SavedStateDump(str(vmrs_files["raw"])) as dump:
         image = b""
         for page in range(0, 0x2000, 0x1000):
-            gpa = dump.virtual_to_physical(0, W.KERNEL_BASE + page)
+            gpa = dump.virtual_to_physical(0, KERNEL_BASE + page)
             image += dump.read_physical(gpa, 0x1000)
     pe = pefile.PE(data=image, fast_load=True)
     pe.parse_data_directories([pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_DEBUG"]])
     assert pe.FILE_HEADER.Machine == 0x8664
-    assert pe.OPTIONAL_HEADER.ImageBase == W.KERNEL_BASE
+    assert pe.OPTIONAL_HEADER.ImageBase == KERNEL_BASE
     codeview = pe.DIRECTORY_ENTRY_DEBUG[0].entry
     pdb = SYMBOLS.kernel.pdb
     assert codeview.CvSignature == b"RSDS"
@@ -160,8 +176,8 @@ def test_kernel_image_carries_the_isf_codeview_record(vmrs_files: Dict[str, Path
 
 def test_memory_image_is_the_saved_memory(vmrs_files: Dict[str, Path]) -> None:
     """The plain image (for a legacy .bin) is byte for byte the RAM of the .vmrs."""
-    ranges, truth = W.memory_image()
-    assert truth["dtb"] == W.KERNEL_DTB_GPA and len(truth["processes"]) == 5
+    ranges, truth = V.memory_image()
+    assert truth["dtb"] == KERNEL_DTB_GPA and len(truth["processes"]) == 5
     with SavedStateDump(str(vmrs_files["xpress"])) as dump:
         page_size, chunks = dump.memory_chunks()
         assert [
@@ -171,7 +187,7 @@ def test_memory_image_is_the_saved_memory(vmrs_files: Dict[str, Path]) -> None:
             assert dump.read_physical(gpa, len(data)) == data
 
 
-def test_address_spaces(guest: W.WindowsGuest, vmrs_files: Dict[str, Path]) -> None:
+def test_address_spaces(guest: WindowsGuest, vmrs_files: Dict[str, Path]) -> None:
     """Kernel PML4: one self-reference; the KVA-shadow user PML4: none, the user half of
     its process, and of the kernel only KUSER_SHARED_DATA and the system-call page."""
     with SavedStateDump(str(vmrs_files["raw"])) as dump:
@@ -183,14 +199,14 @@ def test_address_spaces(guest: W.WindowsGuest, vmrs_files: Dict[str, Path]) -> N
         assert user.cpl == 3 and user.dtb == guest.shadow_dtb
         kernel = dump.registers(0, 0)
         assert kernel.cpl == 0 and kernel.dtb == guest.kernel_dtb
-        kuser = dump.virtual_to_physical(0, W.KUSER_KERNEL_VA)
-        assert dump.virtual_to_physical(1, W.KUSER_KERNEL_VA) == kuser
-        assert dump.virtual_to_physical(1, W.KUSER_USER_VA) == kuser
-        syscall = W.KERNEL_BASE + SYMBOLS.kernel.symbol("KiSystemCall64Shadow")
+        kuser = dump.virtual_to_physical(0, KUSER_KERNEL_VA)
+        assert dump.virtual_to_physical(1, KUSER_KERNEL_VA) == kuser
+        assert dump.virtual_to_physical(1, KUSER_USER_VA) == kuser
+        syscall = KERNEL_BASE + SYMBOLS.kernel.symbol("KiSystemCall64Shadow")
         assert dump.virtual_to_physical(1, syscall) == dump.virtual_to_physical(0, syscall)
-        assert dump.translate(0, W.KERNEL_BASE).gpa is not None
+        assert dump.translate(0, KERNEL_BASE).gpa is not None
         with pytest.raises(VaNotMappedError):
-            dump.virtual_to_physical(1, W.KERNEL_BASE)
+            dump.virtual_to_physical(1, KERNEL_BASE)
 
 
 # --- the layer's DTB and Volatility's own search ----------------------------------------
@@ -211,8 +227,9 @@ def stacked(path: Path):
     [("raw", 0, True), ("xpress", 1, True), ("bad_cr3", 0, False), ("user_only", 0, False)],
 )
 def test_layer_publishes_the_kernel_cr3_or_nothing(
-    guest: W.WindowsGuest, vmrs_files: Dict[str, Path], variant: str, vp: int, published: bool
+    guest_of, vmrs_files: Dict[str, Path], variant: str, vp: int, published: bool
 ) -> None:
+    guest = guest_of(variant)
     vmrs, windows = stacked(vmrs_files[variant])
     assert vmrs.vp_index == vp  # the kernel-mode VP, never the user-mode one
     if published:
@@ -224,7 +241,7 @@ def test_layer_publishes_the_kernel_cr3_or_nothing(
     assert windows.config["page_map_offset"] == guest.kernel_dtb
 
 
-def test_published_and_searched_dtb_agree(guest: W.WindowsGuest, run) -> None:
+def test_published_and_searched_dtb_agree(guest: WindowsGuest, run) -> None:
     published = {row["Variable"]: row["Value"] for row in run("raw", "windows.info")}
     for variant in ("bad_cr3", "user_only"):
         searched = {row["Variable"]: row["Value"] for row in run(variant, "windows.info")}
@@ -232,23 +249,29 @@ def test_published_and_searched_dtb_agree(guest: W.WindowsGuest, run) -> None:
 
 
 # --- the stock plugins -----------------------------------------------------------------
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_info(guest: W.WindowsGuest, run, variant: str) -> None:
+@pytest.mark.parametrize("variant", variants_for("windows.info"))
+def test_info(guest_of, run, variant: str) -> None:
+    guest = guest_of(variant)
     rows = {row["Variable"]: row["Value"] for row in run(variant, "windows.info")}
     truth = guest.truth
     kernel = SYMBOLS.kernel
-    assert rows["Kernel Base"] == hex(W.KERNEL_BASE & ADDRESS_MASK)
+    assert rows["Kernel Base"] == hex(KERNEL_BASE & ADDRESS_MASK)
     assert rows["DTB"] == hex(guest.kernel_dtb)
     assert rows["Symbols"].endswith(
         "/windows/ntkrnlmp.pdb/BBED7C2955FBE4522AAA23F4B8677AD9-1.json.xz"
     )
     assert rows["Is64Bit"] == "True" and rows["IsPAE"] == "False"
     assert rows["memory_layer"] == "1 VmrsLayer"
-    block = (W.KERNEL_BASE + kernel.symbol("KdDebuggerDataBlock")) & ADDRESS_MASK
-    assert rows["KdDebuggerDataBlock"] == hex(block)
-    assert rows["NTBuildLab"] == truth["build_lab"][:32]  # the plugin reads 32 characters
-    assert rows["CSDVersion"] == "0"
-    version = (W.KERNEL_BASE + kernel.symbol("KdVersionBlock")) & ADDRESS_MASK
+    if V.VARIANTS[variant].encode_kdbg:
+        # Found by Volatility's scan of the kernel half for the RSDS record; the plugin
+        # does not decode the block, so it prints none of its fields.
+        assert not {"KdDebuggerDataBlock", "NTBuildLab", "CSDVersion"} & set(rows)
+    else:
+        block = (KERNEL_BASE + kernel.symbol("KdDebuggerDataBlock")) & ADDRESS_MASK
+        assert rows["KdDebuggerDataBlock"] == hex(block)
+        assert rows["NTBuildLab"] == truth["build_lab"][:32]  # the plugin reads 32 chars
+        assert rows["CSDVersion"] == "0"
+    version = (KERNEL_BASE + kernel.symbol("KdVersionBlock")) & ADDRESS_MASK
     assert rows["KdVersionBlock"] == hex(version)
     assert rows["Major/Minor"] == truth["major_minor"]
     assert rows["MachineType"] == "34404"
@@ -262,14 +285,16 @@ def test_info(guest: W.WindowsGuest, run, variant: str) -> None:
     assert rows["PE TimeDateStamp"] == time.asctime(time.gmtime(truth["pe_timestamp"]))
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_pslist(guest: W.WindowsGuest, run, variant: str) -> None:
+@pytest.mark.parametrize("variant", variants_for("windows.pslist"))
+def test_pslist(guest_of, run, variant: str) -> None:
+    guest = guest_of(variant)
     rows = run(variant, "windows.pslist")
     assert process_rows(rows) == expected_process_rows(processes(guest, listed_only=True))
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_psscan_finds_the_exited_process_too(guest: W.WindowsGuest, run, variant: str) -> None:
+@pytest.mark.parametrize("variant", variants_for("windows.psscan"))
+def test_psscan_finds_the_exited_process_too(guest_of, run, variant: str) -> None:
+    guest = guest_of(variant)
     rows = sorted(process_rows(run(variant, "windows.psscan")))
     assert rows == sorted(expected_process_rows(processes(guest, listed_only=False)))
     exited = [p["pid"] for p in guest.truth["processes"] if not p["listed"]]
@@ -277,8 +302,10 @@ def test_psscan_finds_the_exited_process_too(guest: W.WindowsGuest, run, variant
     assert exited and not listed & set(exited)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_pstree(guest: W.WindowsGuest, run, variant: str) -> None:
+@pytest.mark.parametrize("variant", variants_for("windows.pstree"))
+def test_pstree(guest_of, run, variant: str) -> None:
+    guest = guest_of(variant)
+
     def shape(rows: List[Dict[str, Any]]) -> List[Any]:
         return [
             (row["PID"], row["Audit"], row["Cmd"], row["Path"], shape(row["__children"]))
@@ -305,16 +332,18 @@ def test_pstree(guest: W.WindowsGuest, run, variant: str) -> None:
     assert len(flatten(rows)) == len(truth)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_cmdline(guest: W.WindowsGuest, run, variant: str) -> None:
+@pytest.mark.parametrize("variant", variants_for("windows.cmdline"))
+def test_cmdline(guest_of, run, variant: str) -> None:
+    guest = guest_of(variant)
     rows = run(variant, "windows.cmdline")
     got = [(row["PID"], row["Process"], row["Args"]) for row in rows]
     want = [(p["pid"], p["name"], p["command_line"]) for p in processes(guest, listed_only=True)]
     assert got == want
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_dlllist(guest: W.WindowsGuest, run, variant: str) -> None:
+@pytest.mark.parametrize("variant", variants_for("windows.dlllist"))
+def test_dlllist(guest_of, run, variant: str) -> None:
+    guest = guest_of(variant)
     rows = run(variant, "windows.dlllist")
     got = [(r["PID"], r["Base"], r["Size"], r["Name"], r["Path"], r["LoadTime"]) for r in rows]
     want = [
@@ -325,8 +354,9 @@ def test_dlllist(guest: W.WindowsGuest, run, variant: str) -> None:
     assert got == want
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_modules(guest: W.WindowsGuest, run, variant: str) -> None:
+@pytest.mark.parametrize("variant", variants_for("windows.modules"))
+def test_modules(guest_of, run, variant: str) -> None:
+    guest = guest_of(variant)
     rows = run(variant, "windows.modules")
     got = [(r["Base"], r["Size"], r["Name"], r["Path"]) for r in rows]
     want = [
@@ -335,13 +365,12 @@ def test_modules(guest: W.WindowsGuest, run, variant: str) -> None:
     assert got == want
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_driverscan_decodes_cookie_encoded_type_indices(
-    guest: W.WindowsGuest, run, variant: str
-) -> None:
+@pytest.mark.parametrize("variant", variants_for("windows.driverscan"))
+def test_driverscan_decodes_cookie_encoded_type_indices(guest_of, run, variant: str) -> None:
     """driverscan keeps a pool block only when its object header's TypeIndex, decoded
     with ObHeaderCookie and the header address, names the Driver type; the name comes
     from the optional name header found through ObpInfoMaskToOffset."""
+    guest = guest_of(variant)
     rows = run(variant, "windows.driverscan")
     got = sorted(
         (r["Start"], r["Size"], r["Service Key"], r["Driver Name"], r["Name"]) for r in rows

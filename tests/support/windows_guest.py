@@ -27,12 +27,28 @@ sets of the virtual processors and the truth the tests compare plugin output wit
 
 from __future__ import annotations
 
-import datetime
 import random
+import struct
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+from tests.support.windows_content import (
+    DRIVERS,
+    EXE_SIZES,
+    KERNEL_BASE,
+    KERNEL_MODULES,
+    NT_BUILD_LAB,
+    PE_TIMESTAMP,
+    PROCESSES,
+    SIZE_OF_IMAGE,
+    SYSTEM_TIME,
+    Dll,
+    ProcessSpec,
+    truth,
+    utf16,
+    wintime,
+)
 from tests.support.windows_isf import SYMBOLS, Isf, Struct
 from tests.support.windows_memory import (
     KERNEL_PAGE,
@@ -44,7 +60,6 @@ from tests.support.windows_memory import (
 )
 
 # --- where things are (the guest's own choices, not structure layouts) -----------------
-KERNEL_BASE = 0xFFFFF8005A200000  # 2 MiB aligned, in the randomised kernel range
 POOL_BASE = 0xFFFFB40C8A200000  # nonpaged pool
 KUSER_KERNEL_VA = 0xFFFFF78000000000  # fixed by the architecture of NT
 KUSER_USER_VA = 0x7FFE0000
@@ -53,11 +68,6 @@ KERNEL_DTB_GPA = 0x1AA000  # where Windows 10 puts the System PML4
 HIGH_RAM_GPA = 0x1_0000_0000
 LOW_RAM_SIZE = 0xC00000
 HIGH_RAM_SIZE = 0x200000
-# Whole seconds: Volatility renders Windows times to the second.
-SYSTEM_TIME = datetime.datetime(2025, 3, 14, 9, 26, 53, tzinfo=datetime.timezone.utc)
-BOOT_TIME = datetime.datetime(2025, 3, 14, 8, 1, 12, tzinfo=datetime.timezone.utc)
-NT_BUILD_LAB = "19041.1.amd64fre.vb_release.191206-1406"
-PE_TIMESTAMP = 0x5ED0A36B
 # ObTypeIndexTable slots: the guest's own numbering (Process at 7 as on Windows 10).
 OBJECT_TYPE_NAMES = {
     2: "Type",
@@ -92,167 +102,27 @@ SECTIONS = (
     ("KVASCODE", 0xA24000, 0x1000),
     (".data", 0xC00000, 0x300000),
 )
-SIZE_OF_IMAGE = 0xF00000
 DEBUG_DIRECTORY_RVA = 0x1100
 CODEVIEW_RVA = 0x1200
 
 
-def wintime(moment: datetime.datetime) -> int:
-    """A datetime as a Windows FILETIME (100 ns since 1601-01-01 UTC)."""
-    epoch = datetime.datetime(1601, 1, 1, tzinfo=datetime.timezone.utc)
-    delta = moment - epoch
-    return (delta.days * 86400 + delta.seconds) * 10_000_000 + delta.microseconds * 10
-
-
-def utf16(text: str) -> bytes:
-    return text.encode("utf-16-le")
-
-
-@dataclass(frozen=True)
-class Dll:
-    name: str
-    path: str
-    base: int
-    size: int
-
-
-@dataclass
-class ProcessSpec:
-    pid: int
-    ppid: int
-    name: str  # ImageFileName (15 bytes at most)
-    create_time: datetime.datetime
-    image_path: str = ""  # NT path of the image (SeAuditProcessCreationInfo)
-    command_line: Optional[str] = None  # None: no PEB (System)
-    win32_path: str = ""
-    image_base: int = 0
-    dlls: Tuple[Dll, ...] = ()
-    session: Optional[int] = None
-    threads: int = 1
-    exit_time: Optional[datetime.datetime] = None
-    shadow: bool = False  # give it a KVA-shadow user PML4
-
-    @property
-    def listed(self) -> bool:
-        return self.exit_time is None
-
-
-def _after_boot(seconds: int) -> datetime.datetime:
-    return BOOT_TIME + datetime.timedelta(seconds=seconds)
-
-
-NTDLL = Dll("ntdll.dll", r"C:\Windows\SYSTEM32\ntdll.dll", 0x7FFD2E6D0000, 0x1F5000)
-KERNEL32 = Dll("KERNEL32.DLL", r"C:\Windows\System32\KERNEL32.DLL", 0x7FFD2D1A0000, 0xBE000)
-KERNELBASE = Dll("KERNELBASE.dll", r"C:\Windows\System32\KERNELBASE.dll", 0x7FFD2B9E0000, 0x2C7000)
-USER32 = Dll("USER32.dll", r"C:\Windows\System32\USER32.dll", 0x7FFD2C4F0000, 0x1A0000)
-
-
-PROCESSES: Tuple[ProcessSpec, ...] = (
-    ProcessSpec(4, 0, "System", BOOT_TIME, threads=142),
-    ProcessSpec(
-        388,
-        4,
-        "smss.exe",
-        _after_boot(2),
-        image_path=r"\Device\HarddiskVolume3\Windows\System32\smss.exe",
-        command_line=r"\SystemRoot\System32\smss.exe",
-        win32_path=r"C:\Windows\System32\smss.exe",
-        image_base=0x7FF7A1C20000,
-        dlls=(NTDLL,),
-        threads=2,
-    ),
-    ProcessSpec(
-        4412,
-        4380,
-        "explorer.exe",
-        _after_boot(91),
-        image_path=r"\Device\HarddiskVolume3\Windows\explorer.exe",
-        command_line=r"C:\Windows\Explorer.EXE",
-        win32_path=r"C:\Windows\Explorer.EXE",
-        image_base=0x7FF6D7E40000,
-        dlls=(NTDLL, KERNEL32, KERNELBASE, USER32),
-        session=1,
-        threads=71,
-    ),
-    ProcessSpec(
-        6020,
-        4412,
-        "cmd.exe",
-        _after_boot(735),
-        image_path=r"\Device\HarddiskVolume3\Windows\System32\cmd.exe",
-        command_line=r'"C:\Windows\system32\cmd.exe" /k echo saved state',
-        win32_path=r"C:\Windows\system32\cmd.exe",
-        image_base=0x7FF64A210000,
-        dlls=(NTDLL, KERNEL32, KERNELBASE),
-        session=1,
-        threads=1,
-        shadow=True,
-    ),
-    ProcessSpec(
-        4380,
-        636,
-        "userinit.exe",
-        _after_boot(84),
-        image_path=r"\Device\HarddiskVolume3\Windows\System32\userinit.exe",
-        command_line=r"C:\Windows\system32\userinit.exe",
-        win32_path=r"C:\Windows\system32\userinit.exe",
-        image_base=0x7FF79C5A0000,
-        dlls=(NTDLL, KERNEL32, KERNELBASE),
-        session=1,
-        threads=0,
-        exit_time=_after_boot(113),
-    ),
-)
-EXE_SIZES = {
-    "smss.exe": 0x25000,
-    "explorer.exe": 0x4D2000,
-    "cmd.exe": 0x5B000,
-    "userinit.exe": 0xA000,
-}
-
-KERNEL_MODULES: Tuple[Tuple[str, str, int, int], ...] = (
-    ("ntoskrnl.exe", r"\SystemRoot\system32\ntoskrnl.exe", KERNEL_BASE, SIZE_OF_IMAGE),
-    ("hal.dll", r"\SystemRoot\system32\hal.dll", 0xFFFFF8005AF00000, 0x6C000),
-    ("kdcom.dll", r"\SystemRoot\system32\kdcom.dll", 0xFFFFF80060E00000, 0xB000),
-    ("CI.dll", r"\SystemRoot\system32\CI.dll", 0xFFFFF80061020000, 0xD7000),
-    ("ACPI.sys", r"\SystemRoot\System32\drivers\ACPI.sys", 0xFFFFF80061A40000, 0xB9000),
-    ("disk.sys", r"\SystemRoot\System32\drivers\disk.sys", 0xFFFFF80062410000, 0x20000),
-)
-
-
-@dataclass(frozen=True)
-class Driver:
-    name: str  # the object's name (its name header)
-    path: str  # DriverName
-    service_key: str
-    base: int
-    size: int
-
-
-DRIVERS: Tuple[Driver, ...] = tuple(
-    Driver(key, f"\\Driver\\{key}", key, base, size)
-    for key, base, size in (
-        (module[0].split(".")[0], module[2], module[3])
-        for module in KERNEL_MODULES
-        if module[0].endswith(".sys")
-    )
-)
-
-
 @dataclass
 class WindowsGuest:
-    """The built guest: RAM, page-table roots, register sets, truth."""
+    """The built guest: RAM, page-table roots, where the VPs' state points, truth."""
 
     ranges: List[Tuple[int, bytes]]
     kernel_dtb: int
-    shadow_dtb: int
-    registers: Dict[str, Dict[str, Any]]  # "kernel" / "user": a partition_writer dict
+    shadow_dtb: int  # the KVA-shadow user PML4 of the process the user-mode VP runs
+    kpcrs: List[int]  # per VP: its KPCR (GS base in kernel mode)
+    teb: int  # the TEB of the thread the user-mode VP runs
+    idle_rip: int  # where the kernel-mode VP stands (KiIdleLoop)
     truth: Dict[str, Any] = field(default_factory=dict)
 
 
 class _Builder:
-    def __init__(self, isf: Isf, seed: int) -> None:
+    def __init__(self, isf: Isf, seed: int, encode_kdbg: bool) -> None:
         self.isf = isf
+        self.encode_kdbg = encode_kdbg
         self.rng = random.Random(seed)
         self.memory = PhysicalMemory(
             ram=[(0, LOW_RAM_SIZE), (HIGH_RAM_GPA, HIGH_RAM_SIZE)],
@@ -442,12 +312,36 @@ class _Builder:
         kdbg.set("NtBuildLab", self.symbol("NtBuildLab"))
         kdbg.set("CmNtCSDVersion", self.symbol("CmNtCSDVersion"))
         kdbg.set("MmSystemRangeStart", self.symbol("MmSystemRangeStart"))
-        self.kstruct(block, kdbg)
+        if self.encode_kdbg:
+            self.kwrite(block, self.encoded(bytes(kdbg)))
+        else:
+            self.kstruct(block, kdbg)
         self.kwrite(self.symbol("NtBuildLab"), NT_BUILD_LAB.encode() + b"\0")
         self.kwrite(self.symbol("CmNtCSDVersion"), bytes(4))
         self.kwrite(self.symbol("MmSystemRangeStart"), (0xFFFF800000000000).to_bytes(8, "little"))
         self.kwrite(self.symbol("KeNumberProcessors"), cpu_count.to_bytes(4, "little"))
         self.kwrite(self.symbol("KiKvaShadow"), b"\x01")
+
+    def encoded(self, block: bytes) -> bytes:
+        """The debugger data block as a kernel without an attached debugger keeps it:
+        each u64 scrambled with KiWaitNever/KiWaitAlways and the address of
+        KdpDataBlockEncoded (the inverse of KdCopyDataBlock's decoding), so no "KDBG"
+        tag is left in memory."""
+        never = self.rng.getrandbits(64) | 1
+        always = self.rng.getrandbits(64)
+        key = self.symbol("KdpDataBlockEncoded")
+        self.kwrite(self.symbol("KiWaitNever"), never.to_bytes(8, "little"))
+        self.kwrite(self.symbol("KiWaitAlways"), always.to_bytes(8, "little"))
+        self.kwrite(key, b"\x01")
+        out = bytearray()
+        rotate = never & 0x3F
+        mask = (1 << 64) - 1
+        for (value,) in struct.iter_unpack("<Q", block):
+            value = int.from_bytes((value ^ always).to_bytes(8, "little"), "big") ^ key
+            value = ((value >> rotate) | (value << (64 - rotate))) & mask
+            out += struct.pack("<Q", value ^ never)
+        assert b"KDBG" not in out
+        return bytes(out)
 
     def kpcrs(self, cpu_count: int) -> List[int]:
         """A KPCR per processor (GS base in kernel mode), listed in KiProcessorBlock."""
@@ -725,55 +619,11 @@ class _UserHeap:
         return address, len(data)
 
 
-def _registers(
-    builder: _Builder, kpcrs: List[int], kernel_cr3: int, user_cr3: int, teb: int
-) -> Dict[str, Dict[str, Any]]:
-    from tests.support.partition_writer import random_registers
-    from volatility3_vmrs.savedstate.types import Segment, Table
-
-    rng = builder.rng
-    long_mode = dict(cr0=0x80050033, cr4=0x003706F8, efer=0xD01)  # PCIDE, SMEP, SMAP
-    kernel = random_registers(rng)
-    kernel.update(long_mode)
-    kernel.update(
-        cr3=kernel_cr3,
-        rip=builder.symbol("KiIdleLoop"),
-        rsp=kpcrs[0] - 0x38,
-        rflags=0x246,
-        cs=Segment(0, 0, 0x10, 0xA09B),
-        ss=Segment(0, 0, 0x18, 0xC093),
-        ds=Segment(0, 0xFFFFFFFF, 0x2B, 0xC0F3),
-        es=Segment(0, 0xFFFFFFFF, 0x2B, 0xC0F3),
-        fs=Segment(0, 0xFFFFFFFF, 0x53, 0x40F3),
-        gs=Segment(kpcrs[0], 0xFFFFFFFF, 0x2B, 0xC0F3),
-        gdtr=Table(0x57, kpcrs[0] + 0x1000),
-        idtr=Table(0xFFF, kpcrs[0] + 0x2000),
-        virtual_msrs=(0, teb),
-    )
-    user = random_registers(rng)
-    user.update(long_mode)
-    user.update(
-        cr3=user_cr3,
-        rip=NTDLL.base + 0x9D0E4,
-        rsp=teb - 0x2000 + 0x7F8,
-        rflags=0x246,
-        cs=Segment(0, 0, 0x33, 0xA0FB),
-        ss=Segment(0, 0, 0x2B, 0xC0F3),
-        ds=Segment(0, 0xFFFFFFFF, 0x2B, 0xC0F3),
-        es=Segment(0, 0xFFFFFFFF, 0x2B, 0xC0F3),
-        fs=Segment(0, 0xFFFFFFFF, 0x53, 0x40F3),
-        gs=Segment(teb, 0xFFFFFFFF, 0x2B, 0xC0F3),
-        gdtr=Table(0x57, kpcrs[1] + 0x1000),
-        idtr=Table(0xFFF, kpcrs[1] + 0x2000),
-        virtual_msrs=(0, kpcrs[1]),
-    )
-    return {"kernel": kernel, "user": user}
-
-
-def build_windows_guest(seed: int = 19041) -> WindowsGuest:
-    """Lay the guest out; the same seed gives the same bytes."""
+def build_windows_guest(seed: int = 19041, *, encode_kdbg: bool = False) -> WindowsGuest:
+    """Lay the guest out; the same seed gives the same bytes. ``encode_kdbg`` scrambles
+    the debugger data block as Windows 10 does without a debugger attached."""
     isf = SYMBOLS.kernel
-    builder = _Builder(isf, seed)
+    builder = _Builder(isf, seed, encode_kdbg)
     cpu_count = 2
     builder.image()
     kuser_frame = builder.kuser()
@@ -811,114 +661,14 @@ def build_windows_guest(seed: int = 19041) -> WindowsGuest:
             user_dtb = eprocess + isf.offset("_EPROCESS", "Pcb.UserDirectoryTableBase")
             builder.kwrite(user_dtb, (shadow_root | 1).to_bytes(8, "little"))
     assert shadow_root, "one process runs with a KVA-shadow user PML4"
-    registers = _registers(builder, kpcrs, KERNEL_DTB_GPA | 2, shadow_root | 1, teb)
-    truth = _truth(kpcrs)
-    truth["dtb"] = KERNEL_DTB_GPA
-    truth["shadow_dtb"] = shadow_root
+    facts = truth(kpcrs)
+    facts.update(dtb=KERNEL_DTB_GPA, shadow_dtb=shadow_root, kdbg_encoded=encode_kdbg)
     return WindowsGuest(
         ranges=builder.memory.ranges(),
         kernel_dtb=KERNEL_DTB_GPA,
         shadow_dtb=shadow_root,
-        registers=registers,
-        truth=truth,
+        kpcrs=kpcrs,
+        teb=teb,
+        idle_rip=builder.symbol("KiIdleLoop"),
+        truth=facts,
     )
-
-
-def _truth(kpcrs: List[int]) -> Dict[str, Any]:
-    processes = []
-    for spec in PROCESSES:
-        image = (
-            Dll(spec.name, spec.win32_path, spec.image_base, EXE_SIZES[spec.name])
-            if spec.command_line is not None
-            else None
-        )
-        processes.append(
-            {
-                "pid": spec.pid,
-                "ppid": spec.ppid,
-                "name": spec.name,
-                "create_time": spec.create_time,
-                "exit_time": spec.exit_time,
-                "threads": spec.threads,
-                "listed": spec.listed,
-                "session": spec.session,
-                "command_line": spec.command_line,
-                "image_path": spec.win32_path or None,
-                "audit_path": spec.image_path or None,
-                "dlls": [
-                    (dll.base, dll.size, dll.name, dll.path)
-                    for dll in ([image] if image else []) + list(spec.dlls)
-                ],
-            }
-        )
-    return {
-        "kernel_base": KERNEL_BASE,
-        "processes": processes,
-        "drivers": [
-            {
-                "name": d.name,
-                "path": d.path,
-                "service_key": d.service_key,
-                "base": d.base,
-                "size": d.size,
-            }
-            for d in DRIVERS
-        ],
-        "modules": [
-            {"name": name, "path": path, "base": base, "size": size}
-            for name, path, base, size in KERNEL_MODULES
-        ],
-        "build_lab": NT_BUILD_LAB,
-        "system_time": SYSTEM_TIME,
-        "system_root": "C:\\Windows",
-        "cpu_count": 2,
-        "major_minor": "15.19041",
-        "pe_timestamp": PE_TIMESTAMP,
-        "kpcrs": kpcrs,
-    }
-
-
-# --- the guest as saved states ---------------------------------------------------------
-WINDOWS_10_19041_OS_ID = (1 << 48) | (4 << 40) | (10 << 32) | (0 << 24) | 19041
-GARBAGE_CR3 = 0x5000  # a zero page of RAM: no self-reference, fails the layer's check
-
-# variant -> (VP roles in index order, writer options)
-VARIANTS: Dict[str, Tuple[Tuple[str, ...], Dict[str, Any]]] = {
-    "raw": (("kernel", "user"), {"compression": "raw"}),
-    "xpress": (("user", "kernel"), {"compression": "xpress"}),
-    "bad_cr3": (("bad", "user"), {"compression": "raw"}),
-    "user_only": (("user",), {"compression": "xpress"}),
-}
-
-
-def memory_image(seed: int = 19041) -> Tuple[List[Tuple[int, bytes]], Dict[str, Any]]:
-    """The guest's RAM as (gpa, bytes) ranges and its truth, without any saved state
-    around it (for a legacy ``.bin`` or any other container)."""
-    guest = build_windows_guest(seed)
-    return guest.ranges, guest.truth
-
-
-def vp_registers(guest: WindowsGuest, role: str) -> Dict[str, Any]:
-    if role == "bad":
-        return {**guest.registers["kernel"], "cr3": GARBAGE_CR3}
-    return guest.registers[role]
-
-
-def vmrs_bytes(guest: WindowsGuest, variant: str) -> bytes:
-    """The guest as a ``.vmrs`` in one of :data:`VARIANTS`."""
-    from tests.support.partition_writer import (
-        PartitionDescription,
-        VpDescription,
-        VtlDescription,
-        build_partition_state,
-    )
-    from tests.support.savedstate_writer import SavedStateWriter
-
-    roles, options = VARIANTS[variant]
-    vps = [
-        VpDescription(index, {0: VtlDescription(vp_registers(guest, role))})
-        for index, role in enumerate(roles)
-    ]
-    blob = build_partition_state(PartitionDescription(vps=vps, os_id=WINDOWS_10_19041_OS_ID))
-    data, _ = SavedStateWriter(guest.ranges, blob, **options).build()
-    return data
