@@ -36,7 +36,7 @@ from volatility3.framework.layers import intel, physical
 import volatility3_vmrs.layers  # noqa: F401  (one import registers the stacker)
 from tests.support import windows_vmrs as V
 from tests.support.vol import flatten, vol_json
-from tests.support.windows_content import KERNEL_BASE
+from tests.support.windows_content import KERNEL_BASE, SIZE_OF_IMAGE
 from tests.support.windows_guest import KERNEL_DTB_GPA, KUSER_KERNEL_VA, KUSER_USER_VA, WindowsGuest
 from tests.support.windows_isf import SYMBOLS
 from volatility3_vmrs.layers.vmrs import VmrsLayer, check_windows_dtb
@@ -380,3 +380,14 @@ def test_driverscan_decodes_cookie_encoded_type_indices(guest_of, run, variant: 
         for d in guest.truth["drivers"]
     )
     assert got == want
+
+
+def test_pack_pescan_names_the_kernel_pdb(guest: WindowsGuest, run) -> None:
+    """The pack's own vmrs.pescan finds the kernel image with the PDB the ISF is for."""
+    rows = [row for row in run("raw", "vmrs.pescan") if row["PDB name"] == "ntkrnlmp.pdb"]
+    assert len(rows) == 1
+    (row,) = rows
+    pdb = SYMBOLS.kernel.pdb
+    assert row["PDB GUID"].replace("-", "") == pdb["GUID"] and row["PDB age"] == pdb["age"]
+    assert row["Machine"] == "AMD64" and row["Image size"] == SIZE_OF_IMAGE
+    assert row["Timestamp"] == guest.truth["pe_timestamp"]
