@@ -10,19 +10,22 @@ sizes and symbol RVAs all come from it, the PE and debugger-data layouts from th
   addresses, a nonpaged-pool region and a KPCR per virtual processor;
 * the kernel image: DOS/PE headers, section table, a debug directory whose CodeView RSDS
   record names ``ntkrnlmp.pdb`` with the ISF's GUID and age, the version block, the
-  plain-text debugger data block (KDBG), ``PsActiveProcessHead``,
-  ``PsLoadedModuleList``, ``ObTypeIndexTable``/``ObHeaderCookie``,
-  ``KeNumberProcessors``;
+  debugger data block (KDBG; in clear, or encoded as without a debugger attached),
+  ``PsActiveProcessHead``, ``PsLoadedModuleList``, ``ObTypeIndexTable``,
+  ``ObHeaderCookie``, ``ObpInfoMaskToOffset``, ``KeNumberProcessors``;
 * processes as Windows 10 allocates them: a ``Proc`` pool block (pool header, quota
   info, object header with the cookie-encoded type index, ``_EPROCESS``), each with its
   own PML4 (the kernel half shared, the user half its own) holding a ``_PEB``, process
   parameters and loader lists with DLL entries; one exited process left in pool but
-  unlinked from the active list;
+  unlinked from the active list; kernel modules (``_KLDR_DATA_TABLE_ENTRY``) and
+  driver objects with a name header;
 * for one process a KVA-shadow user PML4: its user half plus a minimal kernel shadow
   (``KUSER_SHARED_DATA`` and the ``KiSystemCall64Shadow`` page), no self-reference.
 
-:func:`build_windows_guest` returns the RAM as ``(gpa, bytes)`` ranges, the register
-sets of the virtual processors and the truth the tests compare plugin output with.
+:func:`build_windows_guest` returns the RAM as ``(gpa, bytes)`` ranges, the page-table
+roots and addresses the VPs' registers point at (:mod:`tests.support.windows_vmrs` makes
+the registers), and the truth the tests compare plugin output with
+(:func:`tests.support.windows_content.truth`).
 """
 
 from __future__ import annotations
@@ -134,8 +137,6 @@ class _Builder:
         )
         self.kernel = AddressSpace(self.memory, "kernel", root=KERNEL_DTB_GPA)
         self.pool_next = POOL_BASE
-        self.processes: List[Tuple[ProcessSpec, int, AddressSpace]] = []  # spec, eprocess VA
-        self.shadow: Optional[AddressSpace] = None
 
     # --- kernel memory -------------------------------------------------------------
     def kwrite(self, va: int, data: bytes) -> None:
@@ -236,7 +237,8 @@ class _Builder:
             sections += bytes(section)
         header = bytearray(PAGE)
         header[: len(dos.data)] = dos.data
-        header[0x40:0x4E] = b"\x0e\x1f\xba\x0e\x00\xb4\x09\xcd\x21\xb8\x01\x4c\xcd\x21"
+        stub = b"\x0e\x1f\xba\x0e\x00\xb4\x09\xcd\x21\xb8\x01\x4c\xcd\x21"  # DOS: print, exit
+        header[len(dos.data) : len(dos.data) + len(stub)] = stub
         header[e_lfanew : e_lfanew + len(nt.data)] = nt.data
         start = e_lfanew + len(nt.data)
         header[start : start + len(sections)] = sections

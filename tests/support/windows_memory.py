@@ -92,10 +92,6 @@ def _indices(va: int) -> Tuple[int, int, int, int]:
     return ((va >> 39) & 0x1FF, (va >> 30) & 0x1FF, (va >> 21) & 0x1FF, (va >> 12) & 0x1FF)
 
 
-def canonical(va: int) -> int:
-    return va | 0xFFFF_0000_0000_0000 if va & (1 << 47) else va
-
-
 class AddressSpace:
     """An x64 4-level address space rooted at one PML4 frame."""
 
