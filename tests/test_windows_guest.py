@@ -13,7 +13,12 @@ be exactly the builder's truth. Variants:
 * ``bad_cr3``: the kernel-mode VP's CR3 points at a zero page, so the layer publishes no
   DTB and Volatility's own self-reference search has to find it;
 * ``user_only``: XPRESS; a single VP, in user mode on the KVA-shadow CR3 (no
-  self-reference): the layer falls back to it, rejects its CR3, and Volatility searches.
+  self-reference): the layer falls back to it, rejects its CR3, and Volatility searches;
+* ``kdbg_encoded``: the debugger data block encoded, so Volatility finds the kernel by
+  scanning the kernel half for the RSDS record instead of through the KDBG;
+* ``user_process``: a single VP in user mode without KVA shadowing, on cmd.exe's own
+  PML4: that passes the layer's check, so the layer publishes a process's DTB (not
+  System's); the kernel half is shared, so the plugins still return the truth.
 """
 
 from __future__ import annotations
@@ -48,11 +53,11 @@ REPO = Path(__file__).resolve().parent.parent
 SYMBOL_DIR = REPO / "tests" / "data" / "symbols"
 VARIANTS = tuple(V.VARIANTS)
 # Every plugin runs on the variants that differ in what the plugins read through the
-# layer (raw and XPRESS blocks, the DTB published or searched); the two that differ only
-# in how the kernel is found (a lone user-mode VP, an encoded KDBG) run the plugins that
-# find it and walk the process lists, to keep the vol runs few.
+# layer (raw and XPRESS blocks, the DTB published or searched); the others differ only
+# in how the kernel and its DTB are found (a lone user-mode VP, an encoded KDBG, a
+# process's DTB), so they run windows.info and windows.pslist, to keep vol runs few.
 ALL_PLUGINS_ON = ("raw", "xpress", "bad_cr3")
-KERNEL_FINDING = ("windows.info", "windows.pslist", "windows.psscan")
+KERNEL_FINDING = ("windows.info", "windows.pslist")
 
 
 def variants_for(plugin: str) -> tuple:
@@ -101,6 +106,12 @@ def run(vmrs_files: Dict[str, Path], vol_cache: Path):
         return vol_json(args, cache=vol_cache, timeout=300)
 
     return run_plugin
+
+
+def expected_dtb(guest: WindowsGuest, variant: str) -> int:
+    if variant == "user_process":
+        return guest.process_dtbs[V.SHADOWED_PID]
+    return guest.kernel_dtb
 
 
 def time_of(moment: datetime.datetime | None) -> str | None:
@@ -224,7 +235,13 @@ def stacked(path: Path):
 
 @pytest.mark.parametrize(
     "variant, vp, published",
-    [("raw", 0, True), ("xpress", 1, True), ("bad_cr3", 0, False), ("user_only", 0, False)],
+    [
+        ("raw", 0, True),
+        ("xpress", 1, True),
+        ("bad_cr3", 0, False),
+        ("user_only", 0, False),
+        ("user_process", 0, True),
+    ],
 )
 def test_layer_publishes_the_kernel_cr3_or_nothing(
     guest_of, vmrs_files: Dict[str, Path], variant: str, vp: int, published: bool
@@ -232,13 +249,15 @@ def test_layer_publishes_the_kernel_cr3_or_nothing(
     guest = guest_of(variant)
     vmrs, windows = stacked(vmrs_files[variant])
     assert vmrs.vp_index == vp  # the kernel-mode VP, never the user-mode one
+    dtb = expected_dtb(guest, variant)
     if published:
-        assert vmrs.metadata["page_map_offset"] == guest.kernel_dtb
+        assert vmrs.metadata["page_map_offset"] == dtb
     else:
         assert "page_map_offset" not in vmrs.metadata
         assert "not published" in vmrs.dtb_note
-    # Either way the Windows layer stands on the kernel PML4 (published or searched).
-    assert windows.config["page_map_offset"] == guest.kernel_dtb
+    # Either way the Windows layer stands on a PML4 that maps the kernel: System's
+    # (published or searched), or the process's when the layer published that.
+    assert windows.config["page_map_offset"] == dtb
 
 
 def test_published_and_searched_dtb_agree(guest: WindowsGuest, run) -> None:
@@ -256,7 +275,7 @@ def test_info(guest_of, run, variant: str) -> None:
     truth = guest.truth
     kernel = SYMBOLS.kernel
     assert rows["Kernel Base"] == hex(KERNEL_BASE & ADDRESS_MASK)
-    assert rows["DTB"] == hex(guest.kernel_dtb)
+    assert rows["DTB"] == hex(expected_dtb(guest, variant))
     assert rows["Symbols"].endswith(
         "/windows/ntkrnlmp.pdb/BBED7C2955FBE4522AAA23F4B8677AD9-1.json.xz"
     )

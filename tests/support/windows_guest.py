@@ -118,6 +118,7 @@ class WindowsGuest:
     shadow_dtb: int  # the KVA-shadow user PML4 of the process the user-mode VP runs
     kpcrs: List[int]  # per VP: its KPCR (GS base in kernel mode)
     teb: int  # the TEB of the thread the user-mode VP runs
+    process_dtbs: Dict[int, int]  # pid -> _KPROCESS.DirectoryTableBase
     idle_rip: int  # where the kernel-mode VP stands (KiIdleLoop)
     truth: Dict[str, Any] = field(default_factory=dict)
 
@@ -670,6 +671,7 @@ def build_windows_guest(seed: int = 19041, *, encode_kdbg: bool = False) -> Wind
         kernel_dtb=KERNEL_DTB_GPA,
         shadow_dtb=shadow_root,
         kpcrs=kpcrs,
+        process_dtbs={spec.pid: space.root for spec, _, space in placed},
         teb=teb,
         idle_rip=builder.symbol("KiIdleLoop"),
         truth=facts,

@@ -20,12 +20,13 @@ from tests.support.partition_writer import (
     random_registers,
 )
 from tests.support.savedstate_writer import SavedStateWriter
-from tests.support.windows_content import NTDLL
+from tests.support.windows_content import NTDLL, PROCESSES
 from tests.support.windows_guest import WindowsGuest, build_windows_guest
 from volatility3_vmrs.savedstate.types import Segment, Table
 
 LONG_MODE = dict(cr0=0x80050033, cr4=0x003706F8, efer=0xD01)  # paging, PCIDE, SMEP, SMAP
 KERNEL_PCID, USER_PCID = 2, 1  # the PCIDs of KVA shadowing
+SHADOWED_PID = next(spec.pid for spec in PROCESSES if spec.shadow)  # the user VP's process
 
 
 def kernel_registers(guest: WindowsGuest, seed: int = 0) -> Dict[str, Any]:
@@ -95,6 +96,7 @@ VARIANTS: Dict[str, Variant] = {
     "bad_cr3": Variant(("bad", "user"), {"compression": "raw"}),
     "user_only": Variant(("user",), {"compression": "xpress"}),
     "kdbg_encoded": Variant(("kernel", "user"), {"compression": "raw"}, encode_kdbg=True),
+    "user_process": Variant(("process",), {"compression": "raw"}),
 }
 
 
@@ -109,6 +111,12 @@ ROLES: Dict[str, Callable[[WindowsGuest], Dict[str, Any]]] = {
     "kernel": kernel_registers,
     "user": user_registers,
     "bad": lambda guest: {**kernel_registers(guest), "cr3": GARBAGE_CR3},
+    # In user mode without KVA shadowing: CR3 is the process's own PML4 (kernel half
+    # and self-reference included).
+    "process": lambda guest: {
+        **user_registers(guest),
+        "cr3": guest.process_dtbs[SHADOWED_PID] | USER_PCID,
+    },
 }
 
 
