@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import random
 import struct
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -44,7 +43,6 @@ from tests.support.windows_content import (
     NT_BUILD_LAB,
     PE_TIMESTAMP,
     PROCESSES,
-    SIZE_OF_IMAGE,
     SYSTEM_TIME,
     Dll,
     ProcessSpec,
@@ -61,6 +59,7 @@ from tests.support.windows_memory import (
     PhysicalMemory,
     Region,
 )
+from tests.support.windows_pe import SECTIONS, kernel_image_pieces
 
 # --- where things are (the guest's own choices, not structure layouts) -----------------
 POOL_BASE = 0xFFFFB40C8A200000  # nonpaged pool
@@ -97,16 +96,6 @@ OPTIONAL_HEADERS = (
     "EXTENDED_INFO",
     "PADDING_INFO",
 )
-
-# The kernel image's sections: (name, rva, virtual size); symbol RVAs must fall inside.
-SECTIONS = (
-    (".rdata", 0x1000, 0x1000),
-    (".text", 0x2000, 0x5FE000),
-    ("KVASCODE", 0xA24000, 0x1000),
-    (".data", 0xC00000, 0x300000),
-)
-DEBUG_DIRECTORY_RVA = 0x1100
-CODEVIEW_RVA = 0x1200
 
 
 @dataclass
@@ -196,76 +185,11 @@ class _Builder:
 
     # --- the kernel image -------------------------------------------------------------
     def image(self) -> None:
-        pe = SYMBOLS.pe
-        dos = pe.struct("_IMAGE_DOS_HEADER")
-        dos.set("e_magic", 0x5A4D)
-        e_lfanew = 0x108
-        dos.set("e_lfanew", e_lfanew)
-        nt = pe.struct("_IMAGE_NT_HEADERS64")
-        nt.set("Signature", 0x4550)
-        nt.set("FileHeader.Machine", self.isf.pdb["machine_type"])
-        nt.set("FileHeader.NumberOfSections", len(SECTIONS))
-        nt.set("FileHeader.TimeDateStamp", PE_TIMESTAMP)
-        nt.set("FileHeader.SizeOfOptionalHeader", pe.size("_IMAGE_OPTIONAL_HEADER64"))
-        nt.set("FileHeader.Characteristics", 0x22)
-        nt.set("OptionalHeader.Magic", 0x20B)
-        nt.set("OptionalHeader.ImageBase", KERNEL_BASE)
-        nt.set("OptionalHeader.SectionAlignment", PAGE)
-        nt.set("OptionalHeader.FileAlignment", 0x200)
-        nt.set("OptionalHeader.MajorOperatingSystemVersion", 10)
-        nt.set("OptionalHeader.MinorOperatingSystemVersion", 0)
-        nt.set("OptionalHeader.MajorSubsystemVersion", 10)
-        nt.set("OptionalHeader.SizeOfImage", SIZE_OF_IMAGE)
-        nt.set("OptionalHeader.SizeOfHeaders", PAGE)
-        nt.set("OptionalHeader.Subsystem", 1)
-        nt.set("OptionalHeader.NumberOfRvaAndSizes", 16)
-        codeview = self.codeview()
-        debug_dir_size = pe.size("_IMAGE_DEBUG_DIRECTORY")
-        nt.set("OptionalHeader.DataDirectory.6.VirtualAddress", DEBUG_DIRECTORY_RVA)
-        nt.set("OptionalHeader.DataDirectory.6.Size", debug_dir_size)
-        sections = b""
-        for name, rva, size in SECTIONS:
-            section = pe.struct("_IMAGE_SECTION_HEADER")
-            section.set("Name", name.encode())
-            section.set("Misc.VirtualSize", size)
-            section.set("VirtualAddress", rva)
-            section.set("SizeOfRawData", size)
-            section.set("PointerToRawData", rva)
-            section.set(
-                "Characteristics",
-                0x68000020 if "TEXT" in name.upper() or "CODE" in name else 0xC8000040,
-            )
-            sections += bytes(section)
-        header = bytearray(PAGE)
-        header[: len(dos.data)] = dos.data
-        stub = b"\x0e\x1f\xba\x0e\x00\xb4\x09\xcd\x21\xb8\x01\x4c\xcd\x21"  # DOS: print, exit
-        header[len(dos.data) : len(dos.data) + len(stub)] = stub
-        header[e_lfanew : e_lfanew + len(nt.data)] = nt.data
-        start = e_lfanew + len(nt.data)
-        header[start : start + len(sections)] = sections
-        self.kwrite(KERNEL_BASE, bytes(header))
-        debug = pe.struct("_IMAGE_DEBUG_DIRECTORY")
-        debug.set("TimeDateStamp", PE_TIMESTAMP)
-        debug.set("Type", 2)  # IMAGE_DEBUG_TYPE_CODEVIEW
-        debug.set("SizeOfData", len(codeview))
-        debug.set("AddressOfRawData", CODEVIEW_RVA)
-        debug.set("PointerToRawData", CODEVIEW_RVA)
-        self.kwrite(KERNEL_BASE + DEBUG_DIRECTORY_RVA, bytes(debug))
-        self.kwrite(KERNEL_BASE + CODEVIEW_RVA, codeview)
+        for rva, data in kernel_image_pieces(self.isf, SYMBOLS.pe):
+            self.kwrite(KERNEL_BASE + rva, data)
         # Code where the VPs stand: the idle loop and the shadow system-call entry.
         self.kwrite(self.symbol("KiIdleLoop"), b"\xf3\x90\xeb\xfc")  # pause; jmp $-2
         self.kwrite(self.symbol("KiSystemCall64Shadow"), b"\x0f\x01\xf8")  # swapgs
-
-    def codeview(self) -> bytes:
-        pdb = self.isf.pdb
-        guid = uuid.UUID(hex=pdb["GUID"]).bytes_le
-        return (
-            b"RSDS"
-            + guid
-            + int(pdb["age"]).to_bytes(4, "little")
-            + pdb["database"].encode()
-            + b"\0"
-        )
 
     # --- kernel data ----------------------------------------------------------------
     def kuser(self) -> int:
