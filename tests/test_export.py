@@ -43,7 +43,7 @@ from tests.support.vol import vol_json
 from volatility3_vmrs.cli import export_cmd
 from volatility3_vmrs.export import ExportError, KernelAddresses, export, export_to_path
 from volatility3_vmrs.export.crashdump import WINDBG_NOTE
-from volatility3_vmrs.layers.vmrs import VmrsLayer, VmrsStacker
+from volatility3_vmrs.layers.vmrs import VmrsStacker
 from volatility3_vmrs.plugins.export import kernel_addresses
 from volatility3_vmrs.savedstate import SavedStateDump
 from volatility3_vmrs.savedstate.types import PAGING_MODE
@@ -193,7 +193,7 @@ def test_lime_headers_and_volatility_lime_layer(exported, dump):
             for at, length in pieces(gpa, size):
                 assert handle.read(length) == dump.read_physical(at, length), hex(at)
         assert handle.read(1) == b""
-    context, top = stock_stack(path, lime.LimeStacker)
+    _, top = stock_stack(path, lime.LimeStacker)
     assert isinstance(top, lime.LimeLayer)
     for gpa, size in ranges_of(dump):
         for at in (gpa, gpa + size // 2 & ~0xFFF, gpa + size - 0x1000):
@@ -255,7 +255,7 @@ def test_elf_segments_and_notes_read_by_pyelftools(exported, dump, linux_guest_e
 
 def test_elf_stacks_on_volatility_elf_layer(exported, dump):
     path, _, _ = exported["elf"]
-    context, top = stock_stack(path, elf.Elf64Stacker)
+    _, top = stock_stack(path, elf.Elf64Stacker)
     assert isinstance(top, elf.Elf64Layer)
     for gpa, size in ranges_of(dump):
         for at in (gpa, gpa + size - 0x1000):
@@ -334,7 +334,7 @@ def test_crash_dump_read_by_kdmp_parser(exported, dump):
 
 def test_crash_dump_stacks_on_volatility_crash_layer(exported, dump):
     path, _, _ = exported["dmp"]
-    context, layer = stock_stack(path, crash.WindowsCrashDumpStacker)
+    _, layer = stock_stack(path, crash.WindowsCrashDumpStacker)
     assert isinstance(layer, crash.WindowsCrashDump64Layer)
     assert layer.dtb == dump.registers(0).cr3 & 0x000F_FFFF_FFFF_F000
     for gpa, size in ranges_of(dump):
@@ -509,7 +509,8 @@ def test_read_only_directory_gives_one_clear_line(small_evidence, tmp_path, caps
         err = capsys.readouterr().err
         assert code == 2
         assert re.fullmatch(
-            r"vmrs export: error: cannot write .*x\.elf: (Read-only file system|Permission denied)\n",
+            r"vmrs export: error: cannot write .*x\.elf: "
+            r"(Read-only file system|Permission denied)\n",
             err,
         ), err
         assert not (directory / "x.elf").exists()
