@@ -541,3 +541,29 @@ def test_command_refuses_what_is_not_a_saved_state(tmp_path, capsys):
     code, _ = cli(str(tmp_path / "missing.vmrs"), "--format", "raw", "-o", str(tmp_path / "y"))
     err = capsys.readouterr().err
     assert code == 2 and "missing.vmrs" in err and err.count("\n") == 1
+
+
+# --- the vmrs.export plugin in the stock vol ------------------------------------------
+def test_plugin_writes_through_volatility_file_handler(exported, guest_vmrs, vol_cache, tmp_path):
+    directory = tmp_path / "vol-out"
+    directory.mkdir()
+
+    def run(fmt: str) -> list:
+        args = ["-o", str(directory), "-f", str(guest_vmrs), "vmrs.export", "--format", fmt]
+        return vol_json([*args, "--sha256"], cache=vol_cache)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        (lime_row,), (dmp_row,) = pool.map(run, ["lime", "dmp"])
+    # LiME: the very bytes the library wrote, named after the saved state.
+    assert lime_row["File output"] == "guest.lime"
+    assert lime_row["SHA-256"] == exported["lime"][1].sha256
+    assert sha256_of(directory / "guest.lime") == exported["lime"][1].sha256
+    # Crash dump: no Windows kernel in this guest, so the WinDbg fields stay zero and
+    # the row says so; kdmp-parser reads the same memory as the library's dump.
+    assert dmp_row["Notes"] == WINDBG_NOTE and dmp_row["VP"] == "0"
+    path = directory / dmp_row["File output"]
+    assert sha256_of(path) == dmp_row["SHA-256"]
+    parsed = kdmp_parser.KernelDumpParser(path)
+    assert parsed.header.KdDebuggerDataBlock == 0
+    library = exported["dmp"][0].read_bytes()
+    assert path.read_bytes()[0x2000:] == library[0x2000:]
