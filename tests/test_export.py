@@ -567,3 +567,40 @@ def test_plugin_writes_through_volatility_file_handler(exported, guest_vmrs, vol
     assert parsed.header.KdDebuggerDataBlock == 0
     library = exported["dmp"][0].read_bytes()
     assert path.read_bytes()[0x2000:] == library[0x2000:]
+
+
+def test_failed_export_leaves_no_partial_file(small_evidence, tmp_path, capsys):
+    out = tmp_path / "vp9.dmp"
+    code, _ = cli(str(small_evidence), "--format", "dmp", "--vp", "9", "-o", str(out))
+    err = capsys.readouterr().err
+    assert code == 2 and err == "vmrs export: error: no virtual processor 9 (the file has [0, 1])\n"
+    assert not out.exists()
+    code, _ = cli(str(small_evidence), "--format", "elf", "--vp", "1", "-o", str(out))
+    err = capsys.readouterr().err
+    assert code == 2 and "crash dump only" in err and not out.exists()
+
+
+def test_elf_core_of_a_32_bit_guest(tmp_path):
+    guest = windows_guest(PAGING_MODE.Paging_Pae)
+    source = tmp_path / "pae.vmrs"
+    source.write_bytes(guest.data)
+    path = tmp_path / "pae.elf"
+    with SavedStateDump(str(source)) as opened:
+        export_to_path(opened, "elf", str(path), inputs=[str(source)])
+    with open(path, "rb") as handle:
+        core = ELFFile(handle)
+        assert core.elfclass == 64 and core["e_machine"] == "EM_386"
+        notes = list(next(core.iter_segments()).iter_notes())
+    assert [n["n_type"] for n in notes] == ["NT_PRSTATUS"] * len(guest.registers)
+    for index, (note, regs) in enumerate(zip(notes, guest.registers)):
+        desc = note["n_desc"]
+        desc = desc if isinstance(desc, bytes) else desc.encode("latin-1")
+        assert len(desc) == 144 and struct.unpack_from("<i", desc, 24)[0] == index + 1
+        # i386 user_regs_struct at 72: ebx ecx edx esi edi ebp eax ... eip=12 cs eflags esp=15
+        words = struct.unpack_from("<17I", desc, 72)
+        truth = regs[0]
+        assert (words[6], words[12], words[15]) == (
+            truth["rax"] & 0xFFFFFFFF,
+            truth["rip"] & 0xFFFFFFFF,
+            truth["rsp"] & 0xFFFFFFFF,
+        )

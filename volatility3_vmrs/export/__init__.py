@@ -74,12 +74,15 @@ def export(
     """Write ``dump``'s memory to ``stream`` (opened for writing) in format ``fmt``.
 
     ``vp`` chooses the processor of the crash dump's CONTEXT and DTB (default: the
-    lowest VP); ``kernel`` fills the crash dump's WinDbg fields.
+    lowest VP; the ELF core carries every VP, raw and LiME none); ``kernel`` fills the
+    crash dump's WinDbg fields.
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
+    if vp is not None and fmt != "dmp":
+        raise ExportError(f"a VP is chosen for the crash dump only ({fmt} carries no VP choice)")
     ranges = memory_ranges(dump)
-    chosen = choose_vp(dump, vp) if fmt == "dmp" or vp is not None else None
+    chosen = choose_vp(dump, vp) if fmt == "dmp" else None
     output = Output(stream, sha256=sha256, progress=progress, total=sum(r.size for r in ranges))
     holes: List[Tuple[int, int]] = []
     if fmt == "raw":
