@@ -21,7 +21,7 @@ from volatility3.framework.configuration import requirements
 from volatility3_vmrs.export import FORMATS, ExportError, KernelAddresses, export
 from volatility3_vmrs.savedstate.errors import VmrsError
 
-from .common import find_vmrs_layer, primary_requirement
+from .common import find_vmrs_layer, primary_requirement, refuse, require_memory
 
 vollog = logging.getLogger(__name__)
 
@@ -106,6 +106,7 @@ class Export(interfaces.plugins.PluginInterface):
 
     def _generator(self) -> Iterator[Tuple[int, Tuple]]:
         layer = find_vmrs_layer(self.context, self.config["primary"])
+        require_memory(layer.dump)
         fmt = self.config.get("format") or "raw"
         location = self.context.config.get("automagic.LayerStacker.single_location")
         kernel = self._kernel_addresses() if fmt == "dmp" else None
@@ -128,7 +129,7 @@ class Export(interfaces.plugins.PluginInterface):
                 )
                 name = handle.preferred_filename
         except (ExportError, VmrsError) as error:
-            raise exceptions.LayerException(layer.name, f"vmrs.export: {error}") from error
+            refuse(f"vmrs.export: {error}")
         for message in result.notes:
             vollog.warning(message)
         yield (
