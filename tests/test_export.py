@@ -604,3 +604,12 @@ def test_elf_core_of_a_32_bit_guest(tmp_path):
             truth["rip"] & 0xFFFFFFFF,
             truth["rsp"] & 0xFFFFFFFF,
         )
+
+
+def test_plugin_refuses_a_file_without_guest_memory(sample_paths):
+    from fuzz.plugin_harness import run_pack_plugin
+    from volatility3_vmrs.refusal import PluginRefusal
+
+    outcome = run_pack_plugin(sample_paths["dissect-test.vmcx"], "vmrs.export.Export")
+    assert isinstance(outcome.error, PluginRefusal), repr(outcome.error)
+    assert "\n" not in str(outcome.error)
