@@ -140,7 +140,6 @@ def exported(guest_vmrs, tmp_path_factory) -> Dict[str, tuple]:
                 fmt,
                 str(path),
                 inputs=[str(guest_vmrs)],
-                sha256=True,
                 progress=lambda done, total, seen=seen: seen.append((done, total)),
             )
             results[fmt] = (path, result, seen)
@@ -154,14 +153,21 @@ def dump(guest_vmrs) -> Iterator[SavedStateDump]:
         yield opened
 
 
-def test_each_export_reports_its_size_digest_and_progress(exported, dump):
+def test_each_export_reports_its_size_digest_and_progress(exported, dump, guest_vmrs, tmp_path):
     total = sum(size for _, size in ranges_of(dump))
     for fmt, (path, result, seen) in exported.items():
         assert result.size == path.stat().st_size, fmt
         assert seen and seen[-1] == (total, total), fmt
         assert all(a[0] < b[0] for a, b in zip(seen, seen[1:])), fmt
-        if fmt != "raw":  # the raw image is 4 GiB of mostly holes: checked below
-            assert result.sha256 == sha256_of(path), fmt
+        # Raw RamBlocks, no digest asked: the kernel copied every memory byte.
+        assert result.sha256 is None and result.kernel_copied == total, fmt
+        if fmt == "raw":  # 4 GiB of mostly holes: its digest is checked on a small guest
+            continue
+        # With --sha256 every byte passes through Python: the same file, and its digest.
+        again = tmp_path / f"again.{fmt}"
+        hashed = export_to_path(dump, fmt, str(again), inputs=[str(guest_vmrs)], sha256=True)
+        assert hashed.kernel_copied == 0
+        assert hashed.sha256 == sha256_of(again) == sha256_of(path), fmt
 
 
 def test_raw_is_the_guest_memory_at_its_gpa_with_sparse_zero_holes(exported, dump):
@@ -402,19 +408,21 @@ def test_plugin_takes_the_windbg_fields_from_a_windows_kernel_symbol_table(tmp_p
     ids=["x64-pcid", "pae", "x86"],
 )
 def test_windows_guest_dump_reads_back_its_virtual_memory(tmp_path, mode, layer_class, page_layer):
-    pcid = 0x5 if mode == PAGING_MODE.Paging_Long else 0
-    guest = windows_guest(mode, pcid=pcid)
+    is_64 = mode == PAGING_MODE.Paging_Long
+    # The 64-bit guest's RamBlocks are XPRESS-compressed: read through the reader.
+    options = {"pcid": 0x5, "compression": "xpress"} if is_64 else {}
+    guest = windows_guest(mode, **options)
     source = tmp_path / "win.vmrs"
     source.write_bytes(guest.data)
     path = tmp_path / "win.dmp"
     with SavedStateDump(str(source)) as opened:
-        export_to_path(opened, "dmp", str(path), inputs=[str(source)])
+        result = export_to_path(opened, "dmp", str(path), inputs=[str(source)])
+    assert (result.kernel_copied == 0) == is_64
     context, dump_layer = stock_stack(path, crash.WindowsCrashDumpStacker)
     assert type(dump_layer) is layer_class
     header = dump_layer.get_header()
     assert int(header.DirectoryTableBase) == dump_layer.dtb == guest.dtb
-    assert guest.cr3 != guest.dtb or mode != PAGING_MODE.Paging_Long
-    is_64 = mode == PAGING_MODE.Paging_Long
+    assert guest.cr3 != guest.dtb or not is_64
     assert int(header.MachineImageType) == (0x8664 if is_64 else 0x14C)
     assert int(header.NumberProcessors) == len(guest.registers)
     if not is_64:
@@ -613,3 +621,16 @@ def test_plugin_refuses_a_file_without_guest_memory(sample_paths):
     outcome = run_pack_plugin(sample_paths["dissect-test.vmcx"], "vmrs.export.Export")
     assert isinstance(outcome.error, PluginRefusal), repr(outcome.error)
     assert "\n" not in str(outcome.error)
+
+
+def test_no_kernel_copy_when_the_replay_log_is_applied_in_memory(tmp_path):
+    from tests.test_forensic import pending_replay_guest
+
+    source = tmp_path / "pending.vmrs"
+    source.write_bytes(pending_replay_guest())
+    path = tmp_path / "pending.raw"
+    with SavedStateDump(str(source)) as opened:
+        result = export_to_path(opened, "raw", str(path), inputs=[str(source)])
+        assert result.kernel_copied == 0
+        size = sum(length for _, length in ranges_of(opened))
+        assert path.read_bytes()[:size] == opened.read_physical(0, size)

@@ -24,6 +24,7 @@ from volatility3_vmrs.savedstate import SavedStateDump
 from . import crashdump, elfcore, lime, raw
 from .cpu import choose_vp
 from .crashdump import KernelAddresses
+from .kernelcopy import evidence_fd
 from .writer import ExportError, MemoryRange, Output, Progress, memory_ranges, open_output
 
 FORMATS: Dict[str, str] = {
@@ -47,6 +48,7 @@ class ExportResult:
     notes: List[str] = field(default_factory=list)
     vp: Optional[int] = None
     path: Optional[str] = None
+    kernel_copied: int = 0  # memory bytes copied file-to-file by the kernel
 
     def as_dict(self) -> Dict[str, object]:
         return {
@@ -58,6 +60,7 @@ class ExportResult:
             "ranges": [{"gpa": r.gpa, "size": r.size} for r in self.ranges],
             "holes": [{"start": start, "end": end} for start, end in self.holes],
             "notes": list(self.notes),
+            "kernel_copied": self.kernel_copied,
         }
 
 
@@ -70,12 +73,14 @@ def export(
     progress: Optional[Progress] = None,
     vp: Optional[int] = None,
     kernel: Optional[KernelAddresses] = None,
+    evidence: Optional[str] = None,
 ) -> ExportResult:
     """Write ``dump``'s memory to ``stream`` (opened for writing) in format ``fmt``.
 
     ``vp`` chooses the processor of the crash dump's CONTEXT and DTB (default: the
     lowest VP; the ELF core carries every VP, raw and LiME none); ``kernel`` fills the
-    crash dump's WinDbg fields.
+    crash dump's WinDbg fields. ``evidence``, the path the dump was opened from,
+    lets raw RamBlocks be copied by the kernel (:mod:`.kernelcopy`).
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
@@ -85,18 +90,25 @@ def export(
     chosen = choose_vp(dump, vp) if fmt == "dmp" else None
     output = Output(stream, sha256=sha256, progress=progress, total=sum(r.size for r in ranges))
     holes: List[Tuple[int, int]] = []
-    if fmt == "raw":
-        holes = raw.holes(ranges)
-        notes = raw.write_raw(dump, ranges, output)
-    elif fmt == "lime":
-        notes = lime.write_lime(dump, ranges, output)
-    elif fmt == "elf":
-        notes = elfcore.write_elf(dump, ranges, output)
-    else:
-        assert chosen is not None
-        notes = crashdump.write_crashdump(dump, ranges, output, vp=chosen, kernel=kernel)
+    output.evidence = evidence_fd(dump, evidence) if not sha256 else None
+    try:
+        if fmt == "raw":
+            holes = raw.holes(ranges)
+            notes = raw.write_raw(dump, ranges, output)
+        elif fmt == "lime":
+            notes = lime.write_lime(dump, ranges, output)
+        elif fmt == "elf":
+            notes = elfcore.write_elf(dump, ranges, output)
+        else:
+            assert chosen is not None
+            notes = crashdump.write_crashdump(dump, ranges, output, vp=chosen, kernel=kernel)
+    finally:
+        if output.evidence is not None:
+            os.close(output.evidence)
     size, digest = output.finish()
-    return ExportResult(fmt, size, digest, ranges, holes, notes, chosen)
+    result = ExportResult(fmt, size, digest, ranges, holes, notes, chosen)
+    result.kernel_copied = output.kernel_copied
+    return result
 
 
 def export_to_path(
@@ -118,7 +130,8 @@ def export_to_path(
     stream = open_output(path, inputs=inputs, force=force)
     try:
         with stream:
-            result = export(dump, fmt, stream, **options)  # type: ignore[arg-type]
+            evidence = inputs[0] if len(inputs) == 1 else None
+            result = export(dump, fmt, stream, evidence=evidence, **options)  # type: ignore[arg-type]
     except BaseException:
         try:
             os.unlink(path)

@@ -21,9 +21,11 @@ from typing import IO, Callable, List, Optional, Sequence, Tuple
 
 from volatility3_vmrs.savedstate import SavedStateDump, VmrsError
 
-# One read from the reader and one write: large enough for sequential speed, small
-# enough to be negligible beside the reader's block cache.
-CHUNK_SIZE = 4 << 20
+from .kernelcopy import file_spans
+
+# One read from the reader and one write, aligned on GPA multiples of it: the reader's
+# RamBlocks are 1 MiB, and a read inside one block takes its fast path (no joining).
+CHUNK_SIZE = 1 << 20
 _ZEROS = bytes(1 << 20)
 
 Progress = Callable[[int, int], None]
@@ -125,6 +127,8 @@ class Output:
         self.done = 0
         self.position = 0
         self._pending_hole = 0
+        self.evidence: Optional[int] = None  # an evidence fd for kernel copies (kernelcopy)
+        self.kernel_copied = 0
         try:
             self._sparse = bool(stream.seekable())
         except (AttributeError, OSError, ValueError):
@@ -166,6 +170,39 @@ class Output:
         if memory:
             self._advance(size)
 
+    def copy_from(self, fd: int, offset: int, size: int) -> bool:
+        """Copy ``size`` bytes of file ``fd`` at ``offset`` in the kernel (memory bytes).
+
+        False when it cannot be done here (no SHA-256 may be asked, the stream must be a
+        real file, the kernel must accept the copy); nothing was written then.
+        """
+        if self._hash is not None or not self._sparse:
+            return False
+        try:
+            target = self._stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            return False
+        self._flush_hole()
+        self._stream.flush()
+        position = self._stream.tell()
+        done = 0
+        try:
+            while done < size:
+                copied = os.copy_file_range(fd, target, size - done, offset + done, position + done)
+                if copied <= 0:
+                    break
+                done += copied
+        except OSError:
+            pass
+        if done < size:
+            # Whatever was copied is overwritten by the caller's ordinary write.
+            return False
+        self._stream.seek(position + size)
+        self.position += size
+        self.kernel_copied += size
+        self._advance(size)
+        return True
+
     def _flush_hole(self) -> None:
         if self._pending_hole:
             self._stream.seek(self._pending_hole, os.SEEK_CUR)
@@ -187,18 +224,32 @@ class Output:
 
 
 def copy_range(
-    dump: SavedStateDump, memory_range: MemoryRange, output: Output, chunk: int = CHUNK_SIZE
+    dump: SavedStateDump,
+    memory_range: MemoryRange,
+    output: Output,
+    chunk: int = CHUNK_SIZE,
 ) -> None:
-    """Stream one guest-physical range into ``output``, ``chunk`` bytes at a time."""
-    read = dump.read_physical
+    """Stream one guest-physical range into ``output``, in reads that end on ``chunk``
+    multiples of the GPA; with ``output.evidence`` (see :mod:`.kernelcopy`), raw
+    RamBlocks are copied by the kernel when the output allows it."""
+    evidence = output.evidence
     gpa, end = memory_range.gpa, memory_range.end
     while gpa < end:
-        size = min(chunk, end - gpa)
-        data = read(gpa, size)
-        if len(data) != size:
-            raise ExportError(f"short read at GPA {gpa:#x}: {len(data)} of {size} bytes")
-        output.write_memory(data)
+        size = min(chunk - gpa % chunk, end - gpa)
+        if evidence is not None:
+            for start, length, offset in file_spans(dump, gpa, size):
+                if offset is None or not output.copy_from(evidence, offset, length):
+                    _read_into(dump, start, length, output)
+        else:
+            _read_into(dump, gpa, size, output)
         gpa += size
+
+
+def _read_into(dump: SavedStateDump, gpa: int, size: int, output: Output) -> None:
+    data = dump.read_physical(gpa, size)
+    if len(data) != size:
+        raise ExportError(f"short read at GPA {gpa:#x}: {len(data)} of {size} bytes")
+    output.write_memory(data)
 
 
 def scan_ranges(
