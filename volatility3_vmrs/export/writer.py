@@ -6,7 +6,8 @@
   to the evidence is refused as well).
 * :class:`Output` wraps any binary stream (a file opened here, or Volatility's file
   handler): it counts bytes, feeds an optional SHA-256 as data is written, reports
-  progress, and leaves holes as sparse regions (a seek) when the stream can seek.
+  progress, leaves holes as sparse regions (a seek) when the stream can seek, and
+  copies raw RamBlocks file-to-file in the kernel when :mod:`.kernelcopy` allows it.
 * :func:`memory_ranges` and :func:`copy_range` read the guest-physical memory through
   the public :class:`~volatility3_vmrs.savedstate.SavedStateDump` API only, in bounded
   chunks, so memory use stays at the reader's cache plus one chunk.
@@ -129,6 +130,7 @@ class Output:
         self._pending_hole = 0
         self.evidence: Optional[int] = None  # an evidence fd for kernel copies (kernelcopy)
         self.kernel_copied = 0
+        self._kernel_copies = True
         try:
             self._sparse = bool(stream.seekable())
         except (AttributeError, OSError, ValueError):
@@ -176,7 +178,7 @@ class Output:
         False when it cannot be done here (no SHA-256 may be asked, the stream must be a
         real file, the kernel must accept the copy); nothing was written then.
         """
-        if self._hash is not None or not self._sparse:
+        if self._hash is not None or not self._sparse or not self._kernel_copies:
             return False
         try:
             target = self._stream.fileno()
@@ -195,7 +197,9 @@ class Output:
         except OSError:
             pass
         if done < size:
-            # Whatever was copied is overwritten by the caller's ordinary write.
+            # Whatever was copied is overwritten by the caller's ordinary write; the
+            # kernel refused once (another file system, an old kernel): not again.
+            self._kernel_copies = False
             return False
         self._stream.seek(position + size)
         self.position += size
