@@ -21,9 +21,9 @@ from volatility3_vmrs.export import FORMATS, ExportResult, export_to_path
 from volatility3_vmrs.savedstate import SavedStateDump
 from volatility3_vmrs.savedstate.errors import VmrsError
 
+from .common import EXIT_OK, EXIT_UNUSABLE
+
 PROG = "vmrs export"
-EXIT_OK = 0
-EXIT_UNUSABLE = 2
 
 
 def add_parser(subparsers: Any) -> None:
