@@ -293,3 +293,15 @@ def test_readme_example_script(banner_file):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Guest OS\tLinux 6.1.0" in proc.stdout
     assert "Virtual processors\t2" in proc.stdout
+
+
+def test_a_bad_cr3_on_the_first_kernel_vp_falls_back_to_another_kernel_vp(tmp_path):
+    # VP 0 (kernel) has a CR3 that fails the Windows check, VP 1 is in user mode, VP 2
+    # (kernel) holds the real one: the layer publishes VP 2's.
+    probe = windows_guest(PAGING_MODE.Paging_Long, vp_count=3, seed=9)
+    guest = windows_guest(PAGING_MODE.Paging_Long, vp_count=3, seed=9, cr3_by_vp={0: 0x7000})
+    assert guest.dtb == probe.dtb
+    context, names = stack(write(tmp_path, "bad-vp0.vmrs", guest.data))
+    layer = vmrs_layer_of(context, names)
+    assert layer.metadata["page_map_offset"] == guest.dtb
+    assert layer.vp_index == 2 and "VP 2" in layer.dtb_note

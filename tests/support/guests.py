@@ -95,6 +95,7 @@ def windows_guest(
     os_id: int = WINDOWS_10_19045,
     seed: int = 1,
     cr3_override: Optional[int] = None,
+    cr3_by_vp: Optional[Dict[int, int]] = None,
     **writer_options: object,
 ) -> Guest:
     rng = random.Random(seed)
@@ -144,7 +145,7 @@ def windows_guest(
             regs = _paging_registers(
                 random_registers(rng, long_mode=mode == PAGING_MODE.Paging_Long),
                 mode,
-                cr3 if vtl == 0 else (0x300000 | P) & ~0xFFF,
+                (cr3_by_vp or {}).get(index, cr3) if vtl == 0 else (0x300000 | P) & ~0xFFF,
                 user=index == 1,
             )
             per_vtl[vtl] = regs

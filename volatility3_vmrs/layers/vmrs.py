@@ -257,6 +257,17 @@ class VmrsLayer(interfaces.layers.DataLayerInterface):
         problem = check_windows_dtb(dump.read_physical, mode, dtb)
         if problem:
             vollog.info(f"{self.name}: CR3 of VP {vp_index} not used as DTB: {problem}")
+            if self.config.get("vp", AUTO_VP) == AUTO_VP:
+                # Another kernel-mode VP in the same paging mode may hold a sound CR3.
+                for other in kernel_mode_vps(dump):
+                    candidate = dump.registers(other, 0)
+                    if other == vp_index or candidate.paging_mode != mode or candidate.la57:
+                        continue
+                    if check_windows_dtb(dump.read_physical, mode, candidate.dtb) is None:
+                        vp_index, dtb, problem = other, candidate.dtb, None
+                        self.vp_index = other
+                        break
+        if problem:
             self.dtb_note = f"not published: {problem}"
             return metadata
         metadata["page_map_offset"] = dtb
@@ -279,25 +290,36 @@ class VmrsLayer(interfaces.layers.DataLayerInterface):
         ]
 
 
-def choose_vp(dump: SavedStateDump, wanted: int = AUTO_VP) -> Optional[int]:
-    """The VP whose state gives the DTB: the asked one, else one in kernel mode at VTL 0."""
-    if wanted is not None and wanted != AUTO_VP:
-        dump.vp(wanted)  # raises for an unknown VP
-        return wanted
-    fallback = None
+def paged_vps(dump: SavedStateDump) -> List[Tuple[int, bool]]:
+    """(VP index, in kernel mode) of every VP with paging on at VTL 0, in index order."""
+    found = []
     for index in dump.vp_indices:
         try:
             registers = dump.registers(index, 0)
             mode = registers.paging_mode
+            kernel = registers.in_kernel_space
         except VmrsError:
             continue
-        if mode in (PAGING_MODE.Paging_Invalid, PAGING_MODE.Paging_NonPaged):
-            continue
-        if registers.in_kernel_space:
-            return index
-        if fallback is None:
-            fallback = index
-    return fallback
+        if mode not in (PAGING_MODE.Paging_Invalid, PAGING_MODE.Paging_NonPaged):
+            found.append((index, kernel))
+    return found
+
+
+def kernel_mode_vps(dump: SavedStateDump) -> List[int]:
+    return [index for index, kernel in paged_vps(dump) if kernel]
+
+
+def choose_vp(dump: SavedStateDump, wanted: int = AUTO_VP) -> Optional[int]:
+    """The VP whose state gives the DTB: the asked one, else the first in kernel mode at
+    VTL 0, else the first with paging on."""
+    if wanted is not None and wanted != AUTO_VP:
+        dump.vp(wanted)  # raises for an unknown VP
+        return wanted
+    paged = paged_vps(dump)
+    kernel = [index for index, in_kernel in paged if in_kernel]
+    if kernel:
+        return kernel[0]
+    return paged[0][0] if paged else None
 
 
 def check_windows_dtb(read: Any, mode: PAGING_MODE, dtb: Optional[int]) -> Optional[str]:
