@@ -410,3 +410,24 @@ def test_pack_pescan_names_the_kernel_pdb(guest: WindowsGuest, run) -> None:
     assert row["PDB GUID"].replace("-", "") == pdb["GUID"] and row["PDB age"] == pdb["age"]
     assert row["Machine"] == "AMD64" and row["Image size"] == SIZE_OF_IMAGE
     assert row["Timestamp"] == guest.truth["pe_timestamp"]
+
+
+# --- the crash dump of issue "[export]", checked on this guest --------------------------
+def test_crash_dump_of_the_guest_is_read_by_volatility_and_kdmp_parser(
+    guest: WindowsGuest, vmrs_files: Dict[str, Path], vol_cache: Path, tmp_path: Path
+) -> None:
+    import kdmp_parser
+
+    out = tmp_path / "dmp"
+    out.mkdir()
+    args = ["-s", str(SYMBOL_DIR), "-o", str(out), "-f", str(vmrs_files["raw"])]
+    vol_json([*args, "vmrs.export", "--format", "dmp"], cache=vol_cache, timeout=300)
+    (dump_path,) = out.glob("*.dmp")
+    parsed = kdmp_parser.KernelDumpParser(dump_path)  # kept alive: its views point into it
+    header = parsed.header
+    assert header.DirectoryTableBase & ~0xFFF == guest.kernel_dtb
+    # The stock plugins on the dump (Volatility's own crash-dump layer and DTB search).
+    rows = vol_json(
+        ["-s", str(SYMBOL_DIR), "-f", str(dump_path), "windows.pslist"], cache=vol_cache
+    )
+    assert process_rows(rows) == expected_process_rows(processes(guest, listed_only=True))
