@@ -1,0 +1,582 @@
+"""Legacy saved-state RAM files (``.bin``) of VM configuration version 5.0.
+
+Windows Server 2012 R2 VMs save their RAM to a ``.bin`` and their device state to a
+``.vsv`` (``vmrs-format.md`` section 13, measured on real Hyper-V-written files). The
+``.bin`` is neither a raw image nor a HyperVStorage container: a 0x28-byte header, an
+index of 24-byte entries and a string table of entry names. Each used entry is named
+``RamBlock/N/`` and points at a page-record stream of section 10.3, the same stream as a
+compressed ``.vmrs`` RamBlock, that decodes to exactly 1 MiB.
+
+Loading runs as small stages, each a function of the source, what the stage before
+produced and the findings, building an immutable :class:`LegacyBin`:
+
+:func:`read_header` -> :func:`read_index` -> :func:`read_names` -> :func:`select_blocks`
+
+Fatal problems (bad magic, a truncated header, an index or string table past the end of
+the file, an implausible capacity) raise :class:`LegacyBinError` or a
+:class:`~.errors.TruncatedError` naming the structure and file offset. Damage confined to
+one entry (its data past the end of the file, a name that is not ``RamBlock/N/``, a
+duplicate block number, data overlapping another entry's) is recorded as an
+:class:`~.errors.IntegrityWarning` and the entry is not used: its megabyte is unreadable,
+never guessed. Oddities that do not affect reading are kept as notes. Page streams are
+checked when a block is decoded (:func:`decode_block`), by the ``.vmrs`` page-stream code
+(:func:`.memory.index_page_stream`, :func:`.xpress.decompress`).
+
+The ``.bin`` holds no GPA map: the only mapping real files bear out is block N at
+guest-physical address N x 1 MiB (section 13); that is the caller's assumption to state.
+Block numbers at or above :data:`MAX_BLOCKS` (1 TiB, the most RAM a configuration-5.0 VM
+can have) are reported and not used.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections import Counter
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+from . import memory as M
+from . import xpress
+from .errors import (
+    GuestMemoryFormatError,
+    IntegrityWarning,
+    SignatureError,
+    TruncatedError,
+    VmrsFormatError,
+)
+from .source import PathOrFile, ReadOnlySource
+from .structs import Layout
+
+LEGACY_MAGIC = 0x02182003
+KNOWN_VERSION = 0x0500  # configuration version 5.0, the only one seen (section 13)
+# The header as measured; the rest of the first 4 KiB is zero in real files.
+LEGACY_HEADER = Layout(
+    "legacy .bin header",
+    (
+        ("magic", "I"),
+        ("version", "I"),
+        ("unknown", "I"),  # 1 in real files
+        ("index_capacity", "I"),  # entries
+        ("index_offset", "Q"),
+        ("string_table_offset", "Q"),
+        ("string_table_capacity", "I"),  # bytes
+        ("string_table_used", "I"),  # bytes
+    ),
+)
+assert LEGACY_HEADER.size == 0x28
+LEGACY_INDEX_ENTRY = Layout(
+    "legacy .bin index entry",
+    (
+        ("name_offset", "I"),  # into the string table
+        ("name_length", "H"),  # bytes, NUL included
+        ("unknown_a", "B"),  # 1 in real files
+        ("unknown_b", "B"),  # 1 in real files
+        ("allocated_size", "I"),  # a multiple of 4 KiB in real files
+        ("data_size", "I"),
+        ("data_offset", "Q"),
+    ),
+)
+assert LEGACY_INDEX_ENTRY.size == 24
+DATA_ALIGNMENT = 0x1000
+
+# A configuration-5.0 VM has at most 1 TiB of RAM (Windows Server 2012 R2's limit):
+# 2**20 blocks of 1 MiB. A block number beyond it, or an index with room for more
+# entries, belongs to no plausible memory map.
+MAX_BLOCKS = 1 << 20
+MAX_INDEX_CAPACITY = MAX_BLOCKS
+MAX_STRING_TABLE = MAX_INDEX_CAPACITY * 64
+
+_BLOCK_NAME = re.compile(rb"RamBlock/(0|[1-9][0-9]{0,15})/\Z")
+
+STRUCTURE_ENTRY = LEGACY_INDEX_ENTRY.name
+STRUCTURE_STREAM = "RamBlock page stream"
+
+
+class LegacyBinError(VmrsFormatError):
+    """The ``.bin`` does not follow the legacy layout where nothing else can be trusted."""
+
+
+class NotALegacyBinError(LegacyBinError, SignatureError):
+    """The file does not start with the ``.bin`` magic 0x02182003."""
+
+
+@dataclass(frozen=True)
+class LegacyHeader:
+    magic: int
+    version: int
+    unknown: int
+    index_capacity: int
+    index_offset: int
+    string_table_offset: int
+    string_table_capacity: int
+    string_table_used: int
+
+    @property
+    def index_end(self) -> int:
+        return self.index_offset + self.index_capacity * LEGACY_INDEX_ENTRY.size
+
+    @property
+    def strings_end(self) -> int:
+        """End of the string bytes in use (the capacity may reach further)."""
+        return self.string_table_offset + self.string_table_used
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """One used slot of the index (an entry whose 24 bytes are not all zero)."""
+
+    slot: int
+    file_offset: int
+    name_offset: int
+    name_length: int
+    unknown_a: int
+    unknown_b: int
+    allocated_size: int
+    data_size: int
+    data_offset: int
+
+
+@dataclass(frozen=True)
+class LegacyBlock:
+    """One ``RamBlock/N/`` entry: where its page stream lies in the file."""
+
+    number: int
+    name: str
+    slot: int
+    data_offset: int
+    data_size: int
+    allocated_size: int
+
+    @property
+    def is_raw(self) -> bool:
+        """A value of exactly 1 MiB is raw memory, as in a ``.vmrs`` (section 10.2)."""
+        return self.data_size == M.BLOCK_SIZE
+
+    @property
+    def data_end(self) -> int:
+        return self.data_offset + self.data_size
+
+
+@dataclass(frozen=True)
+class LegacyBin:
+    """The parsed ``.bin``: header and the usable blocks, sorted by number."""
+
+    name: str
+    file_size: int
+    header: LegacyHeader
+    blocks: Tuple[LegacyBlock, ...]
+    warnings: Tuple[IntegrityWarning, ...]
+    notes: Tuple[IntegrityWarning, ...]
+
+    def block(self, number: int) -> Optional[LegacyBlock]:
+        for block in self.blocks:  # small: one entry per MiB of guest RAM
+            if block.number == number:
+                return block
+        return None
+
+    @property
+    def block_numbers(self) -> Tuple[int, ...]:
+        return tuple(block.number for block in self.blocks)
+
+
+class Findings:
+    """What loading tolerated: warnings (damage) and notes (oddities), in order.
+
+    ``strict=True`` raises the first warning as :class:`LegacyBinError`; notes never fail.
+    """
+
+    def __init__(self, *, strict: bool = False) -> None:
+        self.strict = strict
+        self.warnings: List[IntegrityWarning] = []
+        self.notes: List[IntegrityWarning] = []
+
+    def warn(
+        self, structure: str, message: str, offset: Optional[int] = None, name: str = ""
+    ) -> None:
+        if self.strict:
+            raise LegacyBinError(message, structure=structure, offset=offset, key_path=name or None)
+        self.warnings.append(IntegrityWarning("legacy", structure, message, offset, name or None))
+
+    def note(
+        self, structure: str, message: str, offset: Optional[int] = None, name: str = ""
+    ) -> None:
+        self.notes.append(IntegrityWarning("legacy", structure, message, offset, name or None))
+
+
+# --- stages ---------------------------------------------------------------------------
+def is_legacy_bin(head: bytes) -> bool:
+    """Whether ``head`` (the first bytes of a file) starts with the ``.bin`` magic."""
+    return len(head) >= 4 and struct.unpack_from("<I", head)[0] == LEGACY_MAGIC
+
+
+def read_header(source: ReadOnlySource, findings: Findings) -> LegacyHeader:
+    """The header, with the index and string table checked against the file size."""
+    head = source.read(0, LEGACY_HEADER.size)
+    if len(head) >= 4 and not is_legacy_bin(head):
+        raise NotALegacyBinError(
+            f"magic {struct.unpack_from('<I', head)[0]:#010x}, expected {LEGACY_MAGIC:#010x}",
+            structure=LEGACY_HEADER.name,
+            offset=0,
+        )
+    if len(head) < LEGACY_HEADER.size:
+        raise TruncatedError(
+            f"needs {LEGACY_HEADER.size:#x} bytes, the file has {source.size:#x}",
+            structure=LEGACY_HEADER.name,
+            offset=0,
+        )
+    header = LegacyHeader(**LEGACY_HEADER.as_dict(LEGACY_HEADER.unpack(head)))
+    if header.version != KNOWN_VERSION:
+        findings.note(
+            LEGACY_HEADER.name,
+            f"version {header.version:#06x}; only {KNOWN_VERSION:#06x} has been seen, read alike",
+            LEGACY_HEADER.offset_of("version"),
+        )
+    if header.unknown != 1:
+        findings.note(
+            LEGACY_HEADER.name,
+            f"field at 0x8 is {header.unknown:#x} (1 in every file seen)",
+            LEGACY_HEADER.offset_of("unknown"),
+        )
+    if header.index_capacity > MAX_INDEX_CAPACITY:
+        raise LegacyBinError(
+            f"index capacity {header.index_capacity:#x} entries exceeds {MAX_INDEX_CAPACITY:#x} "
+            "(1 TiB of RAM in 1 MiB blocks)",
+            structure=LEGACY_HEADER.name,
+            offset=LEGACY_HEADER.offset_of("index_capacity"),
+        )
+    if header.index_offset < LEGACY_HEADER.size or header.index_end > source.size:
+        raise TruncatedError(
+            f"index of {header.index_capacity:#x} entries at {header.index_offset:#x}-"
+            f"{header.index_end:#x} lies outside the file (size {source.size:#x})",
+            structure="legacy .bin index",
+            offset=header.index_offset,
+        )
+    if header.string_table_used > header.string_table_capacity:
+        raise LegacyBinError(
+            f"{header.string_table_used:#x} string bytes in use but a capacity of "
+            f"{header.string_table_capacity:#x}",
+            structure=LEGACY_HEADER.name,
+            offset=LEGACY_HEADER.offset_of("string_table_used"),
+        )
+    if header.string_table_capacity > MAX_STRING_TABLE:
+        raise LegacyBinError(
+            f"string table capacity {header.string_table_capacity:#x} exceeds "
+            f"{MAX_STRING_TABLE:#x}",
+            structure=LEGACY_HEADER.name,
+            offset=LEGACY_HEADER.offset_of("string_table_capacity"),
+        )
+    if header.string_table_offset < LEGACY_HEADER.size or header.strings_end > source.size:
+        raise TruncatedError(
+            f"string table at {header.string_table_offset:#x} with {header.string_table_used:#x} "
+            f"bytes in use lies outside the file (size {source.size:#x})",
+            structure="legacy .bin string table",
+            offset=header.string_table_offset,
+        )
+    capacity_end = header.string_table_offset + header.string_table_capacity
+    if capacity_end > source.size:
+        findings.note(
+            "legacy .bin string table",
+            f"capacity reaches {capacity_end:#x}, past the end of the file ({source.size:#x}); "
+            "the bytes in use are inside",
+            header.string_table_offset,
+        )
+    if _overlap(
+        (header.index_offset, header.index_end), (header.string_table_offset, header.strings_end)
+    ):
+        raise LegacyBinError(
+            "the index and the string table overlap",
+            structure="legacy .bin index",
+            offset=header.index_offset,
+        )
+    return header
+
+
+def read_index(source: ReadOnlySource, header: LegacyHeader) -> Tuple[IndexEntry, ...]:
+    """The used entries (not all zero) of the index, in slot order."""
+    table = source.read_exact(
+        header.index_offset, header.index_end - header.index_offset, "legacy .bin index"
+    )
+    empty = bytes(LEGACY_INDEX_ENTRY.size)
+    entries = []
+    for slot in range(header.index_capacity):
+        at = slot * LEGACY_INDEX_ENTRY.size
+        raw = table[at : at + LEGACY_INDEX_ENTRY.size]
+        if raw == empty:
+            continue
+        fields = LEGACY_INDEX_ENTRY.as_dict(LEGACY_INDEX_ENTRY.unpack(raw))
+        entries.append(IndexEntry(slot=slot, file_offset=header.index_offset + at, **fields))
+    return tuple(entries)
+
+
+def read_names(
+    source: ReadOnlySource,
+    header: LegacyHeader,
+    entries: Tuple[IndexEntry, ...],
+    findings: Findings,
+) -> Tuple[Tuple[IndexEntry, int, str], ...]:
+    """(entry, block number, name) for each entry strictly named ``RamBlock/N/``."""
+    strings = source.read_exact(
+        header.string_table_offset, header.string_table_used, "legacy .bin string table"
+    )
+    named = []
+    for entry in entries:
+        where = f"slot {entry.slot}: "
+        end = entry.name_offset + entry.name_length
+        if entry.name_length < 2 or end > len(strings):
+            findings.warn(
+                STRUCTURE_ENTRY,
+                f"{where}name of {entry.name_length} bytes at string offset "
+                f"{entry.name_offset:#x} is not inside the {len(strings):#x} string bytes in "
+                "use; entry ignored",
+                entry.file_offset,
+            )
+            continue
+        raw = strings[entry.name_offset : end]
+        shown = raw.rstrip(b"\0").decode("ascii", "backslashreplace")[:40]
+        match = _BLOCK_NAME.match(raw[:-1]) if raw.endswith(b"\0") else None
+        if match is None:
+            findings.warn(
+                STRUCTURE_ENTRY,
+                f"{where}name {shown!r} is not a NUL-terminated 'RamBlock/N/'; entry ignored",
+                entry.file_offset,
+            )
+            continue
+        named.append((entry, int(match.group(1)), raw[:-1].decode("ascii")))
+    return tuple(named)
+
+
+def select_blocks(
+    named: Tuple[Tuple[IndexEntry, int, str], ...],
+    header: LegacyHeader,
+    file_size: int,
+    findings: Findings,
+) -> Tuple[LegacyBlock, ...]:
+    """The usable blocks, sorted by number: extents, duplicates and overlaps checked."""
+    candidates: List[Tuple[IndexEntry, LegacyBlock]] = []
+    for entry, number, name in named:
+        where = f"slot {entry.slot}: "
+        if number >= MAX_BLOCKS:
+            findings.warn(
+                STRUCTURE_ENTRY,
+                f"{where}block number {number} is beyond any plausible memory map "
+                f"(at most {MAX_BLOCKS} blocks, 1 TiB); not used",
+                entry.file_offset,
+                name,
+            )
+            continue
+        if entry.data_size == 0 or entry.data_size > M.BLOCK_SIZE:
+            findings.warn(
+                STRUCTURE_ENTRY,
+                f"{where}data size {entry.data_size:#x}; a RamBlock holds 1..0x100000 bytes; "
+                "block unreadable",
+                entry.file_offset,
+                name,
+            )
+            continue
+        if entry.data_offset + entry.data_size > file_size:
+            findings.warn(
+                STRUCTURE_ENTRY,
+                f"{where}data at {entry.data_offset:#x}+{entry.data_size:#x} runs past the end "
+                f"of the file ({file_size:#x}); block unreadable",
+                entry.file_offset,
+                name,
+            )
+            continue
+        block = LegacyBlock(
+            number, name, entry.slot, entry.data_offset, entry.data_size, entry.allocated_size
+        )
+        reserved = (
+            ("the header", (0, LEGACY_HEADER.size)),
+            ("the index", (header.index_offset, header.index_end)),
+            ("the string table", (header.string_table_offset, header.strings_end)),
+        )
+        clash = next((what for what, span in reserved if _overlap(span, _span(block))), None)
+        if clash is not None:
+            findings.warn(
+                STRUCTURE_ENTRY,
+                f"{where}data at {entry.data_offset:#x}+{entry.data_size:#x} overlaps {clash}; "
+                "block unreadable",
+                entry.file_offset,
+                name,
+            )
+            continue
+        _note_entry_oddities(entry, name, findings)
+        candidates.append((entry, block))
+    candidates = _drop_duplicates(candidates, findings)
+    candidates = _drop_overlaps(candidates, findings)
+    return tuple(sorted((block for _, block in candidates), key=lambda b: b.number))
+
+
+def _note_entry_oddities(entry: IndexEntry, name: str, findings: Findings) -> None:
+    where = f"slot {entry.slot}: "
+    if (entry.unknown_a, entry.unknown_b) != (1, 1):
+        findings.note(
+            STRUCTURE_ENTRY,
+            f"{where}bytes 6-7 are {entry.unknown_a}, {entry.unknown_b} (1, 1 in every file seen)",
+            entry.file_offset,
+            name,
+        )
+    if entry.allocated_size < entry.data_size:
+        findings.note(
+            STRUCTURE_ENTRY,
+            f"{where}allocated size {entry.allocated_size:#x} is below the data size "
+            f"{entry.data_size:#x}",
+            entry.file_offset,
+            name,
+        )
+    if entry.data_offset % DATA_ALIGNMENT:
+        findings.note(
+            STRUCTURE_ENTRY,
+            f"{where}data at {entry.data_offset:#x} is not 4 KiB aligned",
+            entry.file_offset,
+            name,
+        )
+
+
+def _drop_duplicates(
+    candidates: List[Tuple[IndexEntry, LegacyBlock]], findings: Findings
+) -> List[Tuple[IndexEntry, LegacyBlock]]:
+    """Two entries for one block number: neither is trusted, the block is unreadable."""
+    by_number: Dict[int, List[Tuple[IndexEntry, LegacyBlock]]] = {}
+    for entry, block in candidates:
+        by_number.setdefault(block.number, []).append((entry, block))
+    kept = []
+    for number, group in by_number.items():
+        if len(group) == 1:
+            kept.append(group[0])
+            continue
+        slots = ", ".join(str(entry.slot) for entry, _ in group)
+        findings.warn(
+            STRUCTURE_ENTRY,
+            f"block number {number} is named by {len(group)} entries (slots {slots}); "
+            "neither is used, the block is unreadable",
+            group[1][0].file_offset,
+            group[0][1].name,
+        )
+    return kept
+
+
+def _drop_overlaps(
+    candidates: List[Tuple[IndexEntry, LegacyBlock]], findings: Findings
+) -> List[Tuple[IndexEntry, LegacyBlock]]:
+    """Entries whose data share bytes: none of them is trusted (sorted sweep, n log n)."""
+    ordered = sorted(candidates, key=lambda item: (item[1].data_offset, item[1].data_end))
+    bad = set()
+    reach = -1  # end of the furthest data seen so far
+    reach_index = -1
+    for position, (_, block) in enumerate(ordered):
+        if block.data_offset < reach:
+            bad.update((position, reach_index))
+        if block.data_end > reach:
+            reach, reach_index = block.data_end, position
+    for position in sorted(bad):
+        entry, block = ordered[position]
+        findings.warn(
+            STRUCTURE_ENTRY,
+            f"slot {entry.slot}: data at {block.data_offset:#x}+{block.data_size:#x} overlaps "
+            "another entry's data; block unreadable",
+            entry.file_offset,
+            block.name,
+        )
+    return [item for position, item in enumerate(ordered) if position not in bad]
+
+
+def _span(block: LegacyBlock) -> Tuple[int, int]:
+    return block.data_offset, block.data_end
+
+
+def _overlap(a: Tuple[int, int], b: Tuple[int, int]) -> bool:
+    return a[0] < b[1] and b[0] < a[1]
+
+
+def parse_legacy_bin(source: ReadOnlySource, *, strict: bool = False) -> LegacyBin:
+    """Run the stages over an open source; raises or records as the module says."""
+    findings = Findings(strict=strict)
+    header = read_header(source, findings)
+    entries = read_index(source, header)
+    named = read_names(source, header, entries, findings)
+    blocks = select_blocks(named, header, source.size, findings)
+    return LegacyBin(
+        name=source.name,
+        file_size=source.size,
+        header=header,
+        blocks=blocks,
+        warnings=tuple(findings.warnings),
+        notes=tuple(findings.notes),
+    )
+
+
+def load_legacy_bin(path: PathOrFile, *, strict: bool = False) -> LegacyBin:
+    """Open ``path`` read-only, parse it, close it."""
+    source = ReadOnlySource(path)
+    try:
+        return parse_legacy_bin(source, strict=strict)
+    finally:
+        source.close()
+
+
+# --- page streams ---------------------------------------------------------------------
+def read_block_data(source: ReadOnlySource, block: LegacyBlock) -> bytes:
+    """The stored bytes of a block (its page stream, or 1 MiB of raw memory)."""
+    return source.read_exact(block.data_offset, block.data_size, STRUCTURE_STREAM, block.name)
+
+
+def _index(block: LegacyBlock, stream: bytes):  # type: ignore[no-untyped-def]
+    try:
+        return M.index_page_stream(stream, block.name)
+    except GuestMemoryFormatError as error:
+        raise GuestMemoryFormatError(
+            error.detail, structure=STRUCTURE_STREAM, offset=block.data_offset, key_path=block.name
+        ) from None
+
+
+def decode_page_stream(block: LegacyBlock, stream: bytes) -> bytes:
+    """Decode a block's stored bytes to its 1 MiB, with the ``.vmrs`` page-stream code.
+
+    The records come from :func:`.memory.index_page_stream` (which checks that they
+    describe exactly 1 MiB); XPRESS records are decoded by :func:`.xpress.decompress`.
+    Raises :class:`GuestMemoryFormatError` naming the block and its data's file offset.
+    """
+    if block.is_raw:
+        return stream
+    index = _index(block, stream)
+    output = bytearray()
+    for record in range(len(index)):
+        kind, source, length = index.kind[record], index.source[record], index.data_length[record]
+        out_length = index.out_length[record]
+        if kind == M.KIND_FILL:
+            output += struct.pack("<Q", source) * (out_length // 8)
+        elif kind == M.KIND_RAW:
+            output += stream[source : source + length]
+        else:
+            try:
+                output += xpress.decompress(stream[source : source + length], out_length)
+            except GuestMemoryFormatError as error:
+                raise GuestMemoryFormatError(
+                    f"XPRESS record at value offset {source - 4:#x}: {error.detail}",
+                    structure=STRUCTURE_STREAM,
+                    offset=block.data_offset,
+                    key_path=block.name,
+                ) from None
+    return bytes(output)
+
+
+def decode_block(source: ReadOnlySource, block: LegacyBlock) -> bytes:
+    """Read and decode one block to exactly 1 MiB."""
+    return decode_page_stream(block, read_block_data(source, block))
+
+
+def page_kind_counts(source: ReadOnlySource, block: LegacyBlock) -> Counter:
+    """Pages of one block by kind (``raw``, ``fill``, ``xpress``), by their first record."""
+    if block.is_raw:
+        return Counter(raw=M.PAGES_PER_BLOCK)
+    index = _index(block, read_block_data(source, block))
+    counts: Counter = Counter()
+    for record in range(len(index)):
+        start = index.out_start[record]
+        first = -(-start // M.PAGE_SIZE)  # pages whose first byte this record holds
+        last = -(-(start + index.out_length[record]) // M.PAGE_SIZE)
+        if last > first:
+            counts[M.KIND_NAMES[index.kind[record]]] += last - first
+    return counts
