@@ -580,3 +580,28 @@ def page_kind_counts(source: ReadOnlySource, block: LegacyBlock) -> Counter:
         if last > first:
             counts[M.KIND_NAMES[index.kind[record]]] += last - first
     return counts
+
+
+# --- the mapping real files bear out --------------------------------------------------
+def identity_ranges(legacy_bin: LegacyBin) -> Tuple[M.MemoryRange, ...]:
+    """Block N at guest-physical N x 1 MiB: one range per run of consecutive blocks.
+
+    This is an assumption (the ``.bin`` holds no GPA map) that the real files bear out
+    for a VM whose RAM lies below the MMIO gap (section 13); missing blocks are holes.
+    """
+    runs: List[List[int]] = []  # [first, last] block numbers of consecutive runs
+    for number in legacy_bin.block_numbers:
+        if runs and number == runs[-1][1] + 1:
+            runs[-1][1] = number
+        else:
+            runs.append([number, number])
+    return tuple(
+        M.MemoryRange(
+            number=position,
+            key_path=f"RamBlock/{first}/",
+            gpa_page=first * M.PAGES_PER_BLOCK,
+            page_count=(last + 1 - first) * M.PAGES_PER_BLOCK,
+            mbp_start=first * M.PAGES_PER_BLOCK,
+        )
+        for position, (first, last) in enumerate(runs)
+    )
