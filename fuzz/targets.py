@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple, Type
 
+from volatility3_vmrs.savedstate import legacy as L
 from volatility3_vmrs.savedstate import memory as M
 from volatility3_vmrs.savedstate import xpress
 from volatility3_vmrs.savedstate.diagnostics import Diagnostics
@@ -276,6 +277,25 @@ def file_target(data: bytes) -> None:
                 translation = attempt(lambda vp_index=vp_index, va=va: dump.translate(vp_index, va))
                 if translation is not None:
                     attempt(lambda t=translation: dump.read_physical(t.gpa, 0x100))
+
+
+# --- (e) legacy .bin files -------------------------------------------------------------
+LEGACY_BLOCKS_DECODED = 8  # per input: each decodes to 1 MiB, the reader itself is lazy
+
+
+@register("legacy", corpus="legacy", doc="legacy .bin: header, index, names, blocks decoded")
+def legacy_target(data: bytes) -> None:
+    source = ReadOnlySource(io.BytesIO(data))
+    parsed = L.parse_legacy_bin(source)
+    for record in parsed.warnings + parsed.notes:
+        str(record)
+    L.identity_ranges(parsed)
+    for block in parsed.blocks[:LEGACY_BLOCKS_DECODED]:
+        decoded = attempt(lambda block=block: L.decode_block(source, block))
+        if decoded is not None and len(decoded) != M.BLOCK_SIZE:
+            raise DifferentialMismatch(f"{block.name} decoded to {len(decoded):#x} bytes")
+        attempt(lambda block=block: L.page_kind_counts(source, block))
+    attempt(lambda: L.parse_legacy_bin(source, strict=True))
 
 
 def target_names() -> Tuple[str, ...]:
