@@ -9,12 +9,15 @@ checksum valid. Written files round-trip page for page.
 from __future__ import annotations
 
 import hashlib
+import io
 import random
 import struct
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import samples_dir
 from tests.support import acpi
@@ -189,6 +192,27 @@ def test_strict_mode_raises_warnings_not_notes(tmp_path: Path):
     entries.append(Entry(b"Other/0/\0", b"x"))  # a warning
     with pytest.raises(L.LegacyBinError, match="not a NUL-terminated 'RamBlock/N/'"):
         L.load_legacy_bin(_write(tmp_path / "b.bin", build_bin(entries)), strict=True)
+
+
+@given(st.lists(st.tuples(st.integers(0, 0x3000), st.integers(1, 0x800)), min_size=1, max_size=12))
+@settings(max_examples=200, deadline=None)
+def test_overlap_detection_matches_brute_force(spans):
+    """Exactly the blocks whose data share a byte with another block's are left out."""
+    data_start = 0x10000  # past the header; index and string table come after the data
+    entries = [
+        Entry(block_name(n), bytes(size), data_offset=data_start + at)
+        for n, (at, size) in enumerate(spans)
+    ]
+    image = build_bin(entries, capacity=16)
+    expected = {
+        n
+        for n, (a, size_a) in enumerate(spans)
+        for m, (b, size_b) in enumerate(spans)
+        if n != m and a < b + size_b and b < a + size_a
+    }
+    parsed = L.parse_legacy_bin(ReadOnlySource(io.BytesIO(image)))
+    assert set(parsed.block_numbers) == set(range(len(spans))) - expected
+    assert len([w for w in parsed.warnings if "overlaps another" in w.message]) == len(expected)
 
 
 def _write(path: Path, data: bytes) -> str:

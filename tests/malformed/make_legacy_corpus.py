@@ -123,6 +123,10 @@ def _index_overlaps_strings() -> bytes:
     return patch_header(data, string_table_offset=header_of(data).index_offset + ENTRY.size)
 
 
+def _index_overlaps_header() -> bytes:
+    return patch_header(base_bin(), index_offset=0x10)
+
+
 def _entry_data_past_end() -> bytes:
     data = base_bin()
     return patch_entry(data, 2, data_offset=len(data) - 0x10)
@@ -250,6 +254,8 @@ CASES: List[Case] = [
      _strings_over_capacity, _error("LegacyBinError", "but a capacity of 0x4000")),
     ("index-overlaps-strings", "the string table starts inside the index",
      _index_overlaps_strings, _error("LegacyBinError", "the index and the string table overlap")),
+    ("index-overlaps-header", "the index starts at 0x10, inside the header",
+     _index_overlaps_header, _error("LegacyBinError", "the index at 0x10 overlaps the header")),
     ("entry-data-past-end", "RamBlock/2/'s data starts 0x10 bytes before the end",
      _entry_data_past_end, _opens((E, "runs past the end of the file"), unreadable=(2,))),
     ("entry-data-at-2-64", "RamBlock/2/'s data offset is 2**64 - 4096",

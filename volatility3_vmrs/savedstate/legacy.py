@@ -169,12 +169,6 @@ class LegacyBin:
     warnings: Tuple[IntegrityWarning, ...]
     notes: Tuple[IntegrityWarning, ...]
 
-    def block(self, number: int) -> Optional[LegacyBlock]:
-        for block in self.blocks:  # small: one entry per MiB of guest RAM
-            if block.number == number:
-                return block
-        return None
-
     @property
     def block_numbers(self) -> Tuple[int, ...]:
         return tuple(block.number for block in self.blocks)
@@ -245,7 +239,17 @@ def read_header(source: ReadOnlySource, findings: Findings) -> LegacyHeader:
             structure=LEGACY_HEADER.name,
             offset=LEGACY_HEADER.offset_of("index_capacity"),
         )
-    if header.index_offset < LEGACY_HEADER.size or header.index_end > source.size:
+    for what, offset in (
+        ("index", header.index_offset),
+        ("string table", header.string_table_offset),
+    ):
+        if offset < LEGACY_HEADER.size:
+            raise LegacyBinError(
+                f"the {what} at {offset:#x} overlaps the header",
+                structure=LEGACY_HEADER.name,
+                offset=0,
+            )
+    if header.index_end > source.size:
         raise TruncatedError(
             f"index of {header.index_capacity:#x} entries at {header.index_offset:#x}-"
             f"{header.index_end:#x} lies outside the file (size {source.size:#x})",
@@ -266,7 +270,7 @@ def read_header(source: ReadOnlySource, findings: Findings) -> LegacyHeader:
             structure=LEGACY_HEADER.name,
             offset=LEGACY_HEADER.offset_of("string_table_capacity"),
         )
-    if header.string_table_offset < LEGACY_HEADER.size or header.strings_end > source.size:
+    if header.strings_end > source.size:
         raise TruncatedError(
             f"string table at {header.string_table_offset:#x} with {header.string_table_used:#x} "
             f"bytes in use lies outside the file (size {source.size:#x})",
@@ -522,7 +526,7 @@ def read_block_data(source: ReadOnlySource, block: LegacyBlock) -> bytes:
     return source.read_exact(block.data_offset, block.data_size, STRUCTURE_STREAM, block.name)
 
 
-def _index(block: LegacyBlock, stream: bytes):  # type: ignore[no-untyped-def]
+def _index(block: LegacyBlock, stream: bytes) -> M._BlockIndex:
     try:
         return M.index_page_stream(stream, block.name)
     except GuestMemoryFormatError as error:
