@@ -221,15 +221,22 @@ def _write(path: Path, data: bytes) -> str:
 
 
 # --- the .vsv ---------------------------------------------------------------------------------
-def _vsv(path: Path, *, ranges=(), partition: bool = True) -> bytes:
+def _vsv(
+    path: Path,
+    *,
+    ranges=(),
+    partition: bool = True,
+    partition_path: str = "/savedstate/savedVM/partition_state",
+    range_path: str = "/savedstate/RamMemoryBlock{}",
+) -> bytes:
     writer = ContainerWriter("hyperv")
     writer.set("/savedstate/VmVersion", 0x0500)
     if partition:
         _, blob = simple_partition(2)
-        writer.set("/savedstate/savedVM/partition_state", blob, file_object=True)
+        writer.set(partition_path, blob, file_object=True)
     for number, (gpa_page, pages, mbp) in enumerate(ranges):
         writer.set(
-            f"/savedstate/RamMemoryBlock{number}",
+            range_path.format(number),
             M.RAM_MEMORY_BLOCK.pack(
                 saved_state_version=3,
                 flags=0,
@@ -263,13 +270,26 @@ def test_vsv_found_beside_the_bin_in_any_case(tmp_path: Path):
         pair.close()
 
 
-def test_vsv_gpa_map_overrides_the_assumption(tmp_path: Path):
+@pytest.mark.parametrize(
+    "partition_path, range_path",
+    [
+        ("/savedstate/savedVM/partition_state", "/savedstate/RamMemoryBlock{}"),
+        ("/savedVM/partition_state", "/RamMemoryBlock/{}"),  # pre-0x0600 names (section 9.1)
+    ],
+)
+def test_vsv_gpa_map_overrides_the_assumption(tmp_path: Path, partition_path, range_path):
     bin_path = tmp_path / "vm.bin"
     bin_path.write_bytes(build_bin(memory_entries(_guest_memory(3))))
     # Blocks 0-1 at GPA 0, block 2 above a gap at 4 GiB; a 4th block the .bin lacks.
-    _vsv(tmp_path / "vm.vsv", ranges=[(0, 512, 0), (0x100000, 512, 512)])
+    _vsv(
+        tmp_path / "vm.vsv",
+        ranges=[(0, 512, 0), (0x100000, 512, 512)],
+        partition_path=partition_path,
+        range_path=range_path,
+    )
     pair = load_legacy_pair(str(bin_path))
     try:
+        assert pair.partition is not None and pair.partition.vp_count == 2
         assert pair.mapping == MAPPING_VSV
         assert [(r.gpa_page, r.page_count, r.mbp_start) for r in pair.ranges] == [
             (0, 512, 0),
