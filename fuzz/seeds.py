@@ -44,6 +44,7 @@ from tests.support.xpress_compress import compress as xpress_compress
 from volatility3_vmrs.savedstate import legacy as L
 from volatility3_vmrs.savedstate import memory as M
 from volatility3_vmrs.savedstate import structs as S
+from volatility3_vmrs.savedstate.diagnostics import Diagnostics
 from volatility3_vmrs.savedstate.errors import VmrsError
 from volatility3_vmrs.savedstate.processors import CHUNK_HEADER, HvProcessorVendor
 from volatility3_vmrs.savedstate.source import ReadOnlySource
@@ -288,7 +289,7 @@ def _legacy_sample_streams() -> List[Tuple[str, bytes]]:
     if not path.is_file():
         return []
     data = path.read_bytes()
-    parsed = L.parse_legacy_bin(ReadOnlySource(io.BytesIO(data)))
+    parsed = L.parse_legacy_bin(ReadOnlySource(io.BytesIO(data)), Diagnostics())
     return [
         (f"sample-bin-{block.number}", data[block.data_offset : block.data_end])
         for block in parsed.blocks
@@ -298,7 +299,7 @@ def _legacy_sample_streams() -> List[Tuple[str, bytes]]:
 def legacy_hot_ranges(data: bytes) -> List[Tuple[int, int]]:
     """The header, the index slots in use, the string bytes and each stream's head."""
     try:
-        parsed = L.parse_legacy_bin(ReadOnlySource(io.BytesIO(data)))
+        parsed = L.parse_legacy_bin(ReadOnlySource(io.BytesIO(data)), Diagnostics())
     except VmrsError:
         return [(0, L.LEGACY_HEADER.size)]
     header = parsed.header

@@ -1,7 +1,8 @@
 """The malformed legacy ``.bin`` corpus (tests/malformed/legacy-*.bin.gz) does what its
 manifest says: the named exception, or the named warnings and notes, the blocks left
-unreadable, and the page streams that fail to decode; the other blocks still decode.
-The files come from ``tests/malformed/make_legacy_corpus.py``.
+unreadable, and the page streams that fail to decode; the other blocks still decode,
+both whole (``legacy.decode_block``) and through :class:`SavedStateDump`. The files come
+from ``tests/malformed/make_legacy_corpus.py``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ from tests.malformed import make_legacy_corpus
 from volatility3_vmrs.savedstate import errors
 from volatility3_vmrs.savedstate import legacy as L
 from volatility3_vmrs.savedstate import memory as M
-from volatility3_vmrs.savedstate.errors import GuestMemoryFormatError, IntegrityWarning, VmrsError
+from volatility3_vmrs.savedstate.diagnostics import Diagnostic, Diagnostics, Kind, Severity
+from volatility3_vmrs.savedstate.errors import (
+    GuestMemoryFormatError,
+    MemoryReadError,
+    VmrsError,
+    VmrsFormatError,
+)
+from volatility3_vmrs.savedstate.provider import SavedStateDump
 from volatility3_vmrs.savedstate.source import ReadOnlySource
 
 CORPUS = Path(__file__).resolve().parent / "malformed"
@@ -30,12 +38,13 @@ def _data(case: Dict[str, Any]) -> bytes:
     return gzip.decompress((CORPUS / case["file"]).read_bytes())
 
 
-def _open(data: bytes) -> Tuple[ReadOnlySource, L.LegacyBin]:
+def _open(data: bytes) -> Tuple[ReadOnlySource, L.LegacyBin, Diagnostics]:
     source = ReadOnlySource(io.BytesIO(data))
-    return source, L.parse_legacy_bin(source)
+    diag = Diagnostics()
+    return source, L.parse_legacy_bin(source, diag), diag
 
 
-def _has(records: Tuple[IntegrityWarning, ...], wanted: Dict[str, str]) -> bool:
+def _has(records: Tuple[Diagnostic, ...], wanted: Dict[str, str]) -> bool:
     return any(
         r.structure == wanted["structure"] and wanted["message"] in r.message for r in records
     )
@@ -54,8 +63,8 @@ def test_generator_reproduces_the_files():
 
 
 def test_base_file_is_clean():
-    source, parsed = _open(make_legacy_corpus.base_bin())
-    assert parsed.block_numbers == (0, 1, 2) and not parsed.warnings and not parsed.notes
+    source, parsed, diag = _open(make_legacy_corpus.base_bin())
+    assert parsed.block_numbers == (0, 1, 2) and diag.items == ()
     decoded = b"".join(L.decode_block(source, block) for block in parsed.blocks)
     assert decoded == make_legacy_corpus.base_memory()
 
@@ -71,14 +80,16 @@ def test_case(case: Dict[str, Any]):
         assert case["message"] in str(caught.value), str(caught.value)
         assert caught.value.offset is not None  # every refusal names where
         return
-    source, parsed = _open(data)
+    source, parsed, diag = _open(data)
+    warnings = diag.at_least(Severity.WARNING)
+    notes = tuple(item for item in diag if item.severity == Severity.NOTE)
     for wanted in case["warnings"]:
-        assert _has(parsed.warnings, wanted), (wanted, [str(w) for w in parsed.warnings])
+        assert _has(warnings, wanted), (wanted, [str(w) for w in warnings])
     for wanted in case["notes"]:
-        assert _has(parsed.notes, wanted), (wanted, [str(n) for n in parsed.notes])
+        assert _has(notes, wanted), (wanted, [str(n) for n in notes])
     if not case["warnings"]:
-        assert parsed.warnings == ()
-    assert all(w.offset is not None for w in parsed.warnings)
+        assert warnings == ()
+    assert all(w.offset is not None and w.kind == Kind.MEMORY for w in warnings)
     unreadable = set(case["unreadable_blocks"])
     assert set(parsed.block_numbers) == {0, 1, 2} - unreadable
     bad = {entry["block"]: entry["message"] for entry in case["bad_streams"]}
@@ -90,17 +101,36 @@ def test_case(case: Dict[str, Any]):
             assert block.name in str(caught.value)
         else:
             assert len(L.decode_block(source, block)) == M.BLOCK_SIZE
+    _check_through_the_dump(data, unreadable, bad)
+
+
+def _check_through_the_dump(data: bytes, unreadable: set, bad: Dict[int, str]) -> None:
+    """The same file as a SavedStateDump: unreadable and bad blocks raise, others read."""
+    with SavedStateDump(io.BytesIO(data)) as dump:
+        for number in (0, 1, 2):
+            gpa = number * M.BLOCK_SIZE
+            if number in unreadable or number in bad:
+                with pytest.raises(MemoryReadError):
+                    dump.read_physical(gpa, M.PAGE_SIZE)
+                assert not dump.memory.is_readable(gpa)
+            else:
+                assert len(dump.read_physical(gpa, M.BLOCK_SIZE)) == M.BLOCK_SIZE
+        for number, message in bad.items():
+            assert any(
+                message in item.message and item.key_path == f"RamBlock/{number}/"
+                for item in dump.diagnostics.of_kind(Kind.BAD_BLOCK)
+            ), [str(item) for item in dump.diagnostics]
 
 
 @pytest.mark.parametrize("case", MANIFEST, ids=IDS)
 def test_case_strict(case: Dict[str, Any]):
-    """strict=True raises every warning as LegacyBinError; notes never fail."""
-    source = ReadOnlySource(io.BytesIO(_data(case)))
+    """strict=True raises every warning; notes never fail; refusals stay in the family."""
+    data = _data(case)
     if case["outcome"] == "opens" and case["warnings"]:
-        with pytest.raises(L.LegacyBinError):
-            L.parse_legacy_bin(source, strict=True)
+        with pytest.raises(VmrsFormatError):
+            SavedStateDump(io.BytesIO(data), strict=True)
     elif case["outcome"] == "opens":
-        assert L.parse_legacy_bin(source, strict=True).warnings == ()
+        SavedStateDump(io.BytesIO(data), strict=True).close()
     else:
         with pytest.raises(VmrsError):
-            L.parse_legacy_bin(source, strict=True)
+            SavedStateDump(io.BytesIO(data), strict=True)

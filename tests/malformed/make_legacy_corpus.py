@@ -299,7 +299,7 @@ CASES: List[Case] = [
     ("stream-cut-off", "RamBlock/1/ ends inside its second fill record",
      _stream_cut_off, _opens(bad_streams=((1, "fill record cut off"),))),
     ("stream-bad-xpress", "RamBlock/1/'s first page is 12 bytes that cannot be XPRESS",
-     _stream_bad_xpress, _opens(bad_streams=((1, "XPRESS record at value offset 0x0"),))),
+     _stream_bad_xpress, _opens(bad_streams=((1, "XPRESS record at value offset 0x4"),))),
 ]  # fmt: skip
 
 

@@ -5,45 +5,52 @@ Windows Server 2012 R2 VMs save their RAM to a ``.bin`` and their device state t
 ``.bin`` is neither a raw image nor a HyperVStorage container: a 0x28-byte header, an
 index of 24-byte entries and a string table of entry names. Each used entry is named
 ``RamBlock/N/`` and points at a page-record stream of section 10.3, the same stream as a
-compressed ``.vmrs`` RamBlock, that decodes to exactly 1 MiB.
+compressed ``.vmrs`` RamBlock, that decodes to exactly 1 MiB (a value of exactly 1 MiB
+would be raw memory, as in a ``.vmrs``; real files hold none).
 
 Loading runs as small stages, each a function of the source, what the stage before
-produced and the findings, building an immutable :class:`LegacyBin`:
+produced and the dump's :class:`~.diagnostics.Diagnostics`, building an immutable
+:class:`LegacyBin`:
 
 :func:`read_header` -> :func:`read_index` -> :func:`read_names` -> :func:`select_blocks`
 
 Fatal problems (bad magic, a truncated header, an index or string table past the end of
-the file, an implausible capacity) raise :class:`LegacyBinError` or a
-:class:`~.errors.TruncatedError` naming the structure and file offset. Damage confined to
-one entry (its data past the end of the file, a name that is not ``RamBlock/N/``, a
-duplicate block number, data overlapping another entry's) is recorded as an
-:class:`~.errors.IntegrityWarning` and the entry is not used: its megabyte is unreadable,
-never guessed. Oddities that do not affect reading are kept as notes. Page streams are
-checked when a block is decoded (:func:`decode_block`), by the ``.vmrs`` page-stream code
-(:func:`.memory.index_page_stream`, :func:`.xpress.decompress`).
+the file or inside the header, an implausible capacity) raise :class:`LegacyBinError`,
+:class:`NotALegacyBinError` or :class:`~.errors.TruncatedError` naming the structure and
+file offset. Damage confined to one entry (its data past the end of the file or over the
+index, a name that is not ``RamBlock/N/``, a duplicate block number, data overlapping
+another entry's) is a warning of kind ``memory`` and the entry is not used: its megabyte
+is then missing memory (an error of the memory map), never guessed. Oddities that do not
+change what is read are notes of kind ``header``.
 
 The ``.bin`` holds no GPA map: the only mapping real files bear out is block N at
-guest-physical address N x 1 MiB (section 13); that is the caller's assumption to state.
-Block numbers at or above :data:`MAX_BLOCKS` (1 TiB, the most RAM a configuration-5.0 VM
-can have) are reported and not used.
+guest-physical address N x 1 MiB (section 13, :func:`identity_ranges`), an assumption
+the caller reports; :func:`memory_map` turns the blocks and a choice of ranges into the
+:class:`~.memory_map.MemoryMap` the page reader serves. Block numbers at or above
+:data:`MAX_BLOCKS` (1 TiB, the most RAM a configuration-5.0 VM can have) are reported
+and not mapped. :func:`decode_block` decodes one block whole with the ``.vmrs``
+page-stream code (:func:`.memory.index_page_stream`, :func:`.xpress.decompress`).
 """
 
 from __future__ import annotations
 
 import re
 import struct
-from collections import Counter
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Set, Tuple
 
 from . import memory as M
 from . import xpress
-from .errors import (
-    GuestMemoryFormatError,
-    IntegrityWarning,
-    SignatureError,
-    TruncatedError,
-    VmrsFormatError,
+from .diagnostics import Diagnostics, Kind
+from .errors import GuestMemoryFormatError, SignatureError, TruncatedError, VmrsFormatError
+from .memory_map import (
+    BLOCK_SIZE,
+    PAGES_PER_BLOCK,
+    BlockLocation,
+    MemoryMap,
+    MemoryRange,
+    arrange,
+    find_missing,
 )
 from .source import PathOrFile, ReadOnlySource
 from .structs import Layout
@@ -151,7 +158,7 @@ class LegacyBlock:
     @property
     def is_raw(self) -> bool:
         """A value of exactly 1 MiB is raw memory, as in a ``.vmrs`` (section 10.2)."""
-        return self.data_size == M.BLOCK_SIZE
+        return self.data_size == BLOCK_SIZE
 
     @property
     def data_end(self) -> int:
@@ -160,42 +167,28 @@ class LegacyBlock:
 
 @dataclass(frozen=True)
 class LegacyBin:
-    """The parsed ``.bin``: header and the usable blocks, sorted by number."""
+    """The parsed ``.bin``: header, the usable blocks sorted by number, and the numbers
+    of blocks that are named but unusable (their megabyte is unreadable, not a hole)."""
 
     name: str
     file_size: int
     header: LegacyHeader
     blocks: Tuple[LegacyBlock, ...]
-    warnings: Tuple[IntegrityWarning, ...]
-    notes: Tuple[IntegrityWarning, ...]
+    damaged: Tuple[int, ...] = ()
 
     @property
     def block_numbers(self) -> Tuple[int, ...]:
         return tuple(block.number for block in self.blocks)
 
 
-class Findings:
-    """What loading tolerated: warnings (damage) and notes (oddities), in order.
+def _warn(diag: Diagnostics, structure: str, message: str, offset: int, name: str = "") -> None:
+    """Damage confined to one entry, which is then not used."""
+    diag.warn(Kind.MEMORY, structure, message, offset=offset, key_path=name or None)
 
-    ``strict=True`` raises the first warning as :class:`LegacyBinError`; notes never fail.
-    """
 
-    def __init__(self, *, strict: bool = False) -> None:
-        self.strict = strict
-        self.warnings: List[IntegrityWarning] = []
-        self.notes: List[IntegrityWarning] = []
-
-    def warn(
-        self, structure: str, message: str, offset: Optional[int] = None, name: str = ""
-    ) -> None:
-        if self.strict:
-            raise LegacyBinError(message, structure=structure, offset=offset, key_path=name or None)
-        self.warnings.append(IntegrityWarning("legacy", structure, message, offset, name or None))
-
-    def note(
-        self, structure: str, message: str, offset: Optional[int] = None, name: str = ""
-    ) -> None:
-        self.notes.append(IntegrityWarning("legacy", structure, message, offset, name or None))
+def _note(diag: Diagnostics, structure: str, message: str, offset: int, name: str = "") -> None:
+    """An oddity that does not change what is read."""
+    diag.note(Kind.HEADER, structure, message, offset=offset, key_path=name or None)
 
 
 # --- stages ---------------------------------------------------------------------------
@@ -204,7 +197,7 @@ def is_legacy_bin(head: bytes) -> bool:
     return len(head) >= 4 and struct.unpack_from("<I", head)[0] == LEGACY_MAGIC
 
 
-def read_header(source: ReadOnlySource, findings: Findings) -> LegacyHeader:
+def read_header(source: ReadOnlySource, diag: Diagnostics) -> LegacyHeader:
     """The header, with the index and string table checked against the file size."""
     head = source.read(0, LEGACY_HEADER.size)
     if len(head) >= 4 and not is_legacy_bin(head):
@@ -221,16 +214,18 @@ def read_header(source: ReadOnlySource, findings: Findings) -> LegacyHeader:
         )
     header = LegacyHeader(**LEGACY_HEADER.as_dict(LEGACY_HEADER.unpack(head)))
     if header.version != KNOWN_VERSION:
-        findings.note(
+        diag.note(
+            Kind.HEADER,
             LEGACY_HEADER.name,
             f"version {header.version:#06x}; only {KNOWN_VERSION:#06x} has been seen, read alike",
-            LEGACY_HEADER.offset_of("version"),
+            offset=LEGACY_HEADER.offset_of("version"),
         )
     if header.unknown != 1:
-        findings.note(
+        diag.note(
+            Kind.HEADER,
             LEGACY_HEADER.name,
             f"field at 0x8 is {header.unknown:#x} (1 in every file seen)",
-            LEGACY_HEADER.offset_of("unknown"),
+            offset=LEGACY_HEADER.offset_of("unknown"),
         )
     if header.index_capacity > MAX_INDEX_CAPACITY:
         raise LegacyBinError(
@@ -279,11 +274,12 @@ def read_header(source: ReadOnlySource, findings: Findings) -> LegacyHeader:
         )
     capacity_end = header.string_table_offset + header.string_table_capacity
     if capacity_end > source.size:
-        findings.note(
+        diag.note(
+            Kind.HEADER,
             "legacy .bin string table",
             f"capacity reaches {capacity_end:#x}, past the end of the file ({source.size:#x}); "
             "the bytes in use are inside",
-            header.string_table_offset,
+            offset=header.string_table_offset,
         )
     if _overlap(
         (header.index_offset, header.index_end), (header.string_table_offset, header.strings_end)
@@ -317,7 +313,7 @@ def read_names(
     source: ReadOnlySource,
     header: LegacyHeader,
     entries: Tuple[IndexEntry, ...],
-    findings: Findings,
+    diag: Diagnostics,
 ) -> Tuple[Tuple[IndexEntry, int, str], ...]:
     """(entry, block number, name) for each entry strictly named ``RamBlock/N/``."""
     strings = source.read_exact(
@@ -328,7 +324,8 @@ def read_names(
         where = f"slot {entry.slot}: "
         end = entry.name_offset + entry.name_length
         if entry.name_length < 2 or end > len(strings):
-            findings.warn(
+            _warn(
+                diag,
                 STRUCTURE_ENTRY,
                 f"{where}name of {entry.name_length} bytes at string offset "
                 f"{entry.name_offset:#x} is not inside the {len(strings):#x} string bytes in "
@@ -340,7 +337,8 @@ def read_names(
         shown = raw.rstrip(b"\0").decode("ascii", "backslashreplace")[:40]
         match = _BLOCK_NAME.match(raw[:-1]) if raw.endswith(b"\0") else None
         if match is None:
-            findings.warn(
+            _warn(
+                diag,
                 STRUCTURE_ENTRY,
                 f"{where}name {shown!r} is not a NUL-terminated 'RamBlock/N/'; entry ignored",
                 entry.file_offset,
@@ -354,14 +352,20 @@ def select_blocks(
     named: Tuple[Tuple[IndexEntry, int, str], ...],
     header: LegacyHeader,
     file_size: int,
-    findings: Findings,
-) -> Tuple[LegacyBlock, ...]:
-    """The usable blocks, sorted by number: extents, duplicates and overlaps checked."""
+    diag: Diagnostics,
+) -> Tuple[Tuple[LegacyBlock, ...], Tuple[int, ...]]:
+    """The usable blocks sorted by number, and the numbers of the damaged ones: extents,
+    duplicates and overlaps checked."""
     candidates: List[Tuple[IndexEntry, LegacyBlock]] = []
+    duplicated = _duplicates(named, diag)
+    damaged = set(duplicated)
     for entry, number, name in named:
         where = f"slot {entry.slot}: "
+        if number in duplicated:
+            continue
         if number >= MAX_BLOCKS:
-            findings.warn(
+            _warn(
+                diag,
                 STRUCTURE_ENTRY,
                 f"{where}block number {number} is beyond any plausible memory map "
                 f"(at most {MAX_BLOCKS} blocks, 1 TiB); not used",
@@ -369,23 +373,27 @@ def select_blocks(
                 name,
             )
             continue
-        if entry.data_size == 0 or entry.data_size > M.BLOCK_SIZE:
-            findings.warn(
+        if entry.data_size == 0 or entry.data_size > BLOCK_SIZE:
+            _warn(
+                diag,
                 STRUCTURE_ENTRY,
                 f"{where}data size {entry.data_size:#x}; a RamBlock holds 1..0x100000 bytes; "
                 "block unreadable",
                 entry.file_offset,
                 name,
             )
+            damaged.add(number)
             continue
         if entry.data_offset + entry.data_size > file_size:
-            findings.warn(
+            _warn(
+                diag,
                 STRUCTURE_ENTRY,
                 f"{where}data at {entry.data_offset:#x}+{entry.data_size:#x} runs past the end "
                 f"of the file ({file_size:#x}); block unreadable",
                 entry.file_offset,
                 name,
             )
+            damaged.add(number)
             continue
         block = LegacyBlock(
             number, name, entry.slot, entry.data_offset, entry.data_size, entry.allocated_size
@@ -397,32 +405,38 @@ def select_blocks(
         )
         clash = next((what for what, span in reserved if _overlap(span, _span(block))), None)
         if clash is not None:
-            findings.warn(
+            _warn(
+                diag,
                 STRUCTURE_ENTRY,
                 f"{where}data at {entry.data_offset:#x}+{entry.data_size:#x} overlaps {clash}; "
                 "block unreadable",
                 entry.file_offset,
                 name,
             )
+            damaged.add(number)
             continue
-        _note_entry_oddities(entry, name, findings)
+        _note_entry_oddities(entry, name, diag)
         candidates.append((entry, block))
-    candidates = _drop_duplicates(candidates, findings)
-    candidates = _drop_overlaps(candidates, findings)
-    return tuple(sorted((block for _, block in candidates), key=lambda b: b.number))
+    candidates = _drop_overlaps(candidates, diag)
+    blocks = tuple(sorted((block for _, block in candidates), key=lambda b: b.number))
+    usable = {block.number for block in blocks}
+    damaged.update(number for _, number, _ in named if number < MAX_BLOCKS)
+    return blocks, tuple(sorted(damaged - usable))
 
 
-def _note_entry_oddities(entry: IndexEntry, name: str, findings: Findings) -> None:
+def _note_entry_oddities(entry: IndexEntry, name: str, diag: Diagnostics) -> None:
     where = f"slot {entry.slot}: "
     if (entry.unknown_a, entry.unknown_b) != (1, 1):
-        findings.note(
+        _note(
+            diag,
             STRUCTURE_ENTRY,
             f"{where}bytes 6-7 are {entry.unknown_a}, {entry.unknown_b} (1, 1 in every file seen)",
             entry.file_offset,
             name,
         )
     if entry.allocated_size < entry.data_size:
-        findings.note(
+        _note(
+            diag,
             STRUCTURE_ENTRY,
             f"{where}allocated size {entry.allocated_size:#x} is below the data size "
             f"{entry.data_size:#x}",
@@ -430,7 +444,8 @@ def _note_entry_oddities(entry: IndexEntry, name: str, findings: Findings) -> No
             name,
         )
     if entry.data_offset % DATA_ALIGNMENT:
-        findings.note(
+        _note(
+            diag,
             STRUCTURE_ENTRY,
             f"{where}data at {entry.data_offset:#x} is not 4 KiB aligned",
             entry.file_offset,
@@ -438,31 +453,30 @@ def _note_entry_oddities(entry: IndexEntry, name: str, findings: Findings) -> No
         )
 
 
-def _drop_duplicates(
-    candidates: List[Tuple[IndexEntry, LegacyBlock]], findings: Findings
-) -> List[Tuple[IndexEntry, LegacyBlock]]:
-    """Two entries for one block number: neither is trusted, the block is unreadable."""
-    by_number: Dict[int, List[Tuple[IndexEntry, LegacyBlock]]] = {}
-    for entry, block in candidates:
-        by_number.setdefault(block.number, []).append((entry, block))
-    kept = []
+def _duplicates(named: Tuple[Tuple[IndexEntry, int, str], ...], diag: Diagnostics) -> Set[int]:
+    """Block numbers named by several entries: none of them is trusted."""
+    by_number: Dict[int, List[Tuple[IndexEntry, str]]] = {}
+    for entry, number, name in named:
+        by_number.setdefault(number, []).append((entry, name))
+    found = set()
     for number, group in by_number.items():
-        if len(group) == 1:
-            kept.append(group[0])
+        if len(group) < 2:
             continue
+        found.add(number)
         slots = ", ".join(str(entry.slot) for entry, _ in group)
-        findings.warn(
+        _warn(
+            diag,
             STRUCTURE_ENTRY,
             f"block number {number} is named by {len(group)} entries (slots {slots}); "
-            "neither is used, the block is unreadable",
+            "none is used, the block is unreadable",
             group[1][0].file_offset,
-            group[0][1].name,
+            group[0][1],
         )
-    return kept
+    return found
 
 
 def _drop_overlaps(
-    candidates: List[Tuple[IndexEntry, LegacyBlock]], findings: Findings
+    candidates: List[Tuple[IndexEntry, LegacyBlock]], diag: Diagnostics
 ) -> List[Tuple[IndexEntry, LegacyBlock]]:
     """Entries whose data share bytes: none of them is trusted (sorted sweep, n log n)."""
     ordered = sorted(candidates, key=lambda item: (item[1].data_offset, item[1].data_end))
@@ -476,7 +490,8 @@ def _drop_overlaps(
             reach, reach_index = block.data_end, position
     for position in sorted(bad):
         entry, block = ordered[position]
-        findings.warn(
+        _warn(
+            diag,
             STRUCTURE_ENTRY,
             f"slot {entry.slot}: data at {block.data_offset:#x}+{block.data_size:#x} overlaps "
             "another entry's data; block unreadable",
@@ -494,28 +509,20 @@ def _overlap(a: Tuple[int, int], b: Tuple[int, int]) -> bool:
     return a[0] < b[1] and b[0] < a[1]
 
 
-def parse_legacy_bin(source: ReadOnlySource, *, strict: bool = False) -> LegacyBin:
-    """Run the stages over an open source; raises or records as the module says."""
-    findings = Findings(strict=strict)
-    header = read_header(source, findings)
+def parse_legacy_bin(source: ReadOnlySource, diag: Diagnostics) -> LegacyBin:
+    """Run the stages over an open source; raises or reports as the module says."""
+    header = read_header(source, diag)
     entries = read_index(source, header)
-    named = read_names(source, header, entries, findings)
-    blocks = select_blocks(named, header, source.size, findings)
-    return LegacyBin(
-        name=source.name,
-        file_size=source.size,
-        header=header,
-        blocks=blocks,
-        warnings=tuple(findings.warnings),
-        notes=tuple(findings.notes),
-    )
+    named = read_names(source, header, entries, diag)
+    blocks, damaged = select_blocks(named, header, source.size, diag)
+    return LegacyBin(source.name, source.size, header, blocks, damaged)
 
 
-def load_legacy_bin(path: PathOrFile, *, strict: bool = False) -> LegacyBin:
+def load_legacy_bin(path: PathOrFile, diag: Diagnostics) -> LegacyBin:
     """Open ``path`` read-only, parse it, close it."""
     source = ReadOnlySource(path)
     try:
-        return parse_legacy_bin(source, strict=strict)
+        return parse_legacy_bin(source, diag)
     finally:
         source.close()
 
@@ -558,7 +565,7 @@ def decode_page_stream(block: LegacyBlock, stream: bytes) -> bytes:
                 output += xpress.decompress(stream[source : source + length], out_length)
             except GuestMemoryFormatError as error:
                 raise GuestMemoryFormatError(
-                    f"XPRESS record at value offset {source - 4:#x}: {error.detail}",
+                    f"XPRESS record at value offset {source:#x}: {error.detail}",
                     structure=STRUCTURE_STREAM,
                     offset=block.data_offset,
                     key_path=block.name,
@@ -571,41 +578,42 @@ def decode_block(source: ReadOnlySource, block: LegacyBlock) -> bytes:
     return decode_page_stream(block, read_block_data(source, block))
 
 
-def page_kind_counts(source: ReadOnlySource, block: LegacyBlock) -> Counter:
-    """Pages of one block by kind (``raw``, ``fill``, ``xpress``), by their first record."""
-    if block.is_raw:
-        return Counter(raw=M.PAGES_PER_BLOCK)
-    index = _index(block, read_block_data(source, block))
-    counts: Counter = Counter()
-    for record in range(len(index)):
-        start = index.out_start[record]
-        first = -(-start // M.PAGE_SIZE)  # pages whose first byte this record holds
-        last = -(-(start + index.out_length[record]) // M.PAGE_SIZE)
-        if last > first:
-            counts[M.KIND_NAMES[index.kind[record]]] += last - first
-    return counts
-
-
 # --- the mapping real files bear out --------------------------------------------------
-def identity_ranges(legacy_bin: LegacyBin) -> Tuple[M.MemoryRange, ...]:
-    """Block N at guest-physical N x 1 MiB: one range per run of consecutive blocks.
+def identity_ranges(legacy_bin: LegacyBin) -> Tuple[MemoryRange, ...]:
+    """Block N at guest-physical N x 1 MiB: one range per run of consecutive numbers.
 
     This is an assumption (the ``.bin`` holds no GPA map) that the real files bear out
-    for a VM whose RAM lies below the MMIO gap (section 13); missing blocks are holes.
+    for a VM whose RAM lies below the MMIO gap (section 13). Numbers of usable and of
+    damaged blocks count, so a damaged block is missing memory while a number no entry
+    names is a hole.
     """
+    numbers = sorted(set(legacy_bin.block_numbers) | set(legacy_bin.damaged))
     runs: List[List[int]] = []  # [first, last] block numbers of consecutive runs
-    for number in legacy_bin.block_numbers:
+    for number in numbers:
         if runs and number == runs[-1][1] + 1:
             runs[-1][1] = number
         else:
             runs.append([number, number])
     return tuple(
-        M.MemoryRange(
+        MemoryRange(
             number=position,
             key_path=f"RamBlock/{first}/",
-            gpa_page=first * M.PAGES_PER_BLOCK,
-            page_count=(last + 1 - first) * M.PAGES_PER_BLOCK,
-            mbp_start=first * M.PAGES_PER_BLOCK,
+            gpa_page=first * PAGES_PER_BLOCK,
+            page_count=(last + 1 - first) * PAGES_PER_BLOCK,
+            mbp_start=first * PAGES_PER_BLOCK,
         )
         for position, (first, last) in enumerate(runs)
     )
+
+
+def memory_map(
+    legacy_bin: LegacyBin, ranges: Tuple[MemoryRange, ...], diag: Diagnostics
+) -> MemoryMap:
+    """The :class:`MemoryMap` of the ``.bin``'s blocks under ``ranges`` (identity, or a
+    map from the ``.vsv``); blocks a range needs that are not usable are reported missing."""
+    blocks = {
+        block.number: BlockLocation(block.number, block.name, block.data_offset, block.data_size)
+        for block in legacy_bin.blocks
+    }
+    arranged = arrange(ranges, diag)
+    return MemoryMap(arranged, blocks, find_missing(arranged, blocks, diag))
