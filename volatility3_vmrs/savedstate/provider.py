@@ -165,18 +165,14 @@ class SavedStateDump:
         """Why the file has no processor state or memory: truncation, or its kind."""
         if self.legacy is not None:
             vsv = self.legacy.vsv
+            if vsv is None:
+                why = "no .vsv was found beside it"
+            elif vsv.interpreted:
+                why = f"its .vsv ({os.path.basename(vsv.path)}) holds no usable partition_state"
+            else:
+                why = f"its .vsv ({os.path.basename(vsv.path)}) could not be interpreted"
             return PartitionStateNotFoundError(
-                "no processor state: a legacy .bin holds only guest memory, and "
-                + (
-                    "no .vsv was found beside it"
-                    if vsv is None
-                    else f"its .vsv ({os.path.basename(vsv.path)}) "
-                    + (
-                        "holds no usable partition_state"
-                        if vsv.interpreted
-                        else "could not be interpreted"
-                    )
-                )
+                f"no processor state: a legacy .bin holds guest memory only, and {why}"
             )
         truncation = self.storage.truncation
         if truncation is not None:
@@ -186,6 +182,13 @@ class SavedStateDump:
                 offset=truncation.file_size,
             )
         return PartitionStateNotFoundError()
+
+    @property
+    def missing_processor_state(self) -> Optional[str]:
+        """Why there is no processor state (None when there is one), in one sentence."""
+        if self.partition is not None:
+            return None
+        return str(self.not_a_saved_state())
 
     @property
     def is_saved_state(self) -> bool:
