@@ -226,7 +226,9 @@ def test_gaps_are_holes_and_damaged_blocks_missing(tmp_path: Path):
             Kind.MEMORY,
             Kind.MISSING_BLOCK,
         }
-        assert any("2 runs" in item.message for item in dump.diagnostics.of_kind(Kind.ASSUMPTION))
+        assert any(
+            "2 runs" in item.message for item in dump.diagnostics.grouped().get(Kind.ASSUMPTION, [])
+        )
 
 
 def test_bad_stream_is_reported_with_block_and_offset(tmp_path: Path):
@@ -247,7 +249,7 @@ def test_bad_stream_is_reported_with_block_and_offset(tmp_path: Path):
     with SavedStateDump(path) as dump:
         with pytest.raises(MemoryReadError, match="RamBlock/1/"):
             dump.read_physical(M.BLOCK_SIZE, 16)
-        (bad,) = dump.diagnostics.of_kind(Kind.BAD_BLOCK)
+        (bad,) = dump.diagnostics.grouped().get(Kind.BAD_BLOCK, [])
         assert "invalid record tag" in bad.message and bad.key_path == "RamBlock/1/"
 
 
@@ -255,7 +257,7 @@ def test_strict_mode_raises_warnings_not_notes(tmp_path: Path):
     entries = memory_entries(_guest_memory(1))
     entries[0].unknown_a = 2  # a note
     with SavedStateDump(_write(tmp_path / "a.bin", build_bin(entries)), strict=True) as dump:
-        assert dump.diagnostics.of_kind(Kind.HEADER)
+        assert dump.diagnostics.grouped().get(Kind.HEADER, [])
     entries.append(Entry(b"Other/0/\0", b"x"))  # a warning
     with pytest.raises(VmrsFormatError, match="not a NUL-terminated 'RamBlock/N/'"):
         SavedStateDump(_write(tmp_path / "b.bin", build_bin(entries)), strict=True)
@@ -374,7 +376,7 @@ def test_vsv_gpa_map_overrides_the_assumption(tmp_path: Path, partition_path, ra
         assert chunks == [ss.GPA_MEMORY_CHUNK(0, 512), ss.GPA_MEMORY_CHUNK(0x100000, 512)]
         assert dump.read_physical(1 << 32, 64) == memory[2 * M.BLOCK_SIZE :][:64]
         assert any("replaces the assumption" in n.message for n in dump.diagnostics)
-        (missing,) = dump.diagnostics.of_kind(Kind.MISSING_BLOCK)
+        (missing,) = dump.diagnostics.grouped().get(Kind.MISSING_BLOCK, [])
         assert "1 RamBlock(s) missing (3)" in missing.message
 
 

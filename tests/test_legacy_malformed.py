@@ -118,7 +118,7 @@ def _check_through_the_dump(data: bytes, unreadable: set, bad: Dict[int, str]) -
         for number, message in bad.items():
             assert any(
                 message in item.message and item.key_path == f"RamBlock/{number}/"
-                for item in dump.diagnostics.of_kind(Kind.BAD_BLOCK)
+                for item in dump.diagnostics.grouped().get(Kind.BAD_BLOCK, [])
             ), [str(item) for item in dump.diagnostics]
 
 
