@@ -60,12 +60,22 @@ def test_info_names_format_assumption_and_missing_vsv(evidence, vol_cache):
     assert _fingerprint(evidence) == before
 
 
-def test_registers_fail_in_one_clear_line(evidence, vol_cache):
-    proc = run_vol(["-f", str(evidence), "vmrs.registers"], cache=vol_cache, check=False)
+@pytest.mark.parametrize(
+    "plugin, message",
+    [
+        (
+            "vmrs.registers",
+            "a legacy .bin holds guest memory only, and no .vsv was found beside it",
+        ),
+        ("vmrs.config", "no VM configuration: a legacy .bin holds none"),
+    ],
+)
+def test_plugins_without_state_fail_in_one_clear_line(evidence, vol_cache, plugin, message):
+    proc = run_vol(["-f", str(evidence), plugin], cache=vol_cache, check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     ours = [line for line in proc.stderr.splitlines() if "volatility3-vmrs:" in line]
     assert len(ours) == 1 and proc.stderr.rstrip().endswith(ours[0]), proc.stderr[-2000:]
-    assert "a legacy .bin holds guest memory only, and no .vsv was found beside it" in ours[0]
+    assert message in ours[0]
 
 
 def test_memmap_and_keys(evidence, vol_cache):
