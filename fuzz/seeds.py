@@ -1,6 +1,6 @@
 """Seed corpora for the fuzz targets, built from the test writers and the real samples.
 
-Three families (``CORPORA``):
+Four families (``CORPORA``):
 
 * ``file``: complete ``.vmrs``/``.vmcx`` files: synthetic guests in every writer flavour
   (openvmm / hyperv containers, raw / XPRESS / packed / extended-record memory, 40-byte
@@ -8,7 +8,9 @@ Three families (``CORPORA``):
   tables, keys split across key tables, pending replay-log entries, missing RamBlocks)
   and the real samples;
 * ``stream``: RamBlock page-record streams taken from those files, plus XPRESS pages;
-* ``partition``: partition_state blobs (x64 and ARM64 vendor, several VPs and VTLs).
+* ``partition``: partition_state blobs (x64 and ARM64 vendor, several VPs and VTLs);
+* ``legacy``: legacy ``.bin`` files from the test writer and three blocks of the real
+  Hyper-V ``.bin`` sample (whose distinct page streams also join ``stream``).
 
 Every seed carries "hot" byte ranges, the metadata the mutator should aim at (headers,
 object and key tables, the replay log, RamMemoryBlock values, chunk headers), so a
@@ -28,6 +30,7 @@ from typing import Dict, List, Tuple
 from fuzz.targets import stream_input, xpress_input
 from tests.support.container_writer import ReplayEntry
 from tests.support.guests import windows_guest
+from tests.support.legacy_writer import Entry, build_bin, memory_entries
 from tests.support.partition_writer import (
     PartitionDescription,
     VpDescription,
@@ -38,16 +41,20 @@ from tests.support.partition_writer import (
 )
 from tests.support.savedstate_writer import SavedStateWriter, encode_block
 from tests.support.xpress_compress import compress as xpress_compress
+from volatility3_vmrs.savedstate import legacy as L
 from volatility3_vmrs.savedstate import memory as M
 from volatility3_vmrs.savedstate import structs as S
+from volatility3_vmrs.savedstate.diagnostics import Diagnostics
 from volatility3_vmrs.savedstate.errors import VmrsError
 from volatility3_vmrs.savedstate.processors import CHUNK_HEADER, HvProcessorVendor
+from volatility3_vmrs.savedstate.source import ReadOnlySource
 from volatility3_vmrs.savedstate.storage import HyperVStorage
 from volatility3_vmrs.savedstate.types import PAGING_MODE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-CORPORA = ("file", "stream", "partition")
+CORPORA = ("file", "stream", "partition", "legacy")
 SAMPLE_NAMES = ("dissect-test.VMRS", "dissect-test.vmcx", "openvmm-88D07DD7.VMRS")
+LEGACY_SAMPLE = "vmsavedstatedump-rs-test_file.bin"
 
 
 @dataclass
@@ -223,6 +230,10 @@ def build_stream_seeds(files: List[Seed]) -> List[Seed]:
         "<I", M.TAG_END
     )
     seeds.append(Seed("multi-fill", stream_input(all_fill), [(0, len(all_fill) + 1)]))
+    for name, value in _legacy_sample_streams():  # the only Microsoft-written page data
+        if value not in seen:
+            seen.add(value)
+            seeds.append(Seed(name, stream_input(value), [(0, min(len(value), 256))]))
     for number in range(4):
         page = ram[(4 * number + 2) * M.PAGE_SIZE : (4 * number + 3) * M.PAGE_SIZE]
         packed = xpress_compress(page)
@@ -271,6 +282,54 @@ def build_partition_seeds(files: List[Seed]) -> List[Seed]:
     return [Seed(name, blob, partition_hot_ranges(blob)) for blob, name in unique.items()]
 
 
+# --- legacy .bin files ---------------------------------------------------------------------
+def _legacy_sample_streams() -> List[Tuple[str, bytes]]:
+    """(name, page stream) of the real ``.bin`` sample's blocks, in block order."""
+    path = samples_dir() / LEGACY_SAMPLE
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    parsed = L.parse_legacy_bin(ReadOnlySource(io.BytesIO(data)), Diagnostics())
+    return [
+        (f"sample-bin-{block.number}", data[block.data_offset : block.data_end])
+        for block in parsed.blocks
+    ]
+
+
+def legacy_hot_ranges(data: bytes) -> List[Tuple[int, int]]:
+    """The header, the index slots in use, the string bytes and each stream's head."""
+    try:
+        parsed = L.parse_legacy_bin(ReadOnlySource(io.BytesIO(data)), Diagnostics())
+    except VmrsError:
+        return [(0, L.LEGACY_HEADER.size)]
+    header = parsed.header
+    used = max((block.slot for block in parsed.blocks), default=0) + 1
+    hot = [
+        (0, L.LEGACY_HEADER.size),
+        (header.index_offset, header.index_offset + used * L.LEGACY_INDEX_ENTRY.size),
+        (header.string_table_offset, header.strings_end),
+    ]
+    hot.extend((block.data_offset, block.data_offset + 64) for block in parsed.blocks)
+    return hot
+
+
+def build_legacy_seeds() -> List[Seed]:
+    """Written .bin files (XPRESS, fill and raw blocks, shuffled index) and a real subset."""
+    three_blocks = _small_ram(22, 40) + bytes(2 * M.BLOCK_SIZE)
+    shuffled = memory_entries(three_blocks, order=[2, 0, 1], raw_blocks=[1])
+    variants = [
+        ("bin-small", build_bin(memory_entries(_small_ram(21, 32)), capacity=8)),
+        ("bin-shuffled-raw", build_bin(shuffled, capacity=4)),
+    ]
+    streams = dict(_legacy_sample_streams())
+    if streams:
+        # Blocks 0 (the BIOS area, RSDP), 1, 2 (fills only) and 251 (ACPI tables).
+        chosen = [0, 1, 2, 251]
+        entries = [Entry(b"RamBlock/%d/\0" % n, streams[f"sample-bin-{n}"]) for n in chosen]
+        variants.append(("sample-bin-subset", build_bin(entries, capacity=16)))
+    return [Seed(name, data, legacy_hot_ranges(data)) for name, data in variants]
+
+
 def build_all() -> Dict[str, List[Seed]]:
     """Seeds for every corpus family."""
     files = build_file_seeds()
@@ -278,6 +337,7 @@ def build_all() -> Dict[str, List[Seed]]:
         "file": files,
         "stream": build_stream_seeds(files),
         "partition": build_partition_seeds(files),
+        "legacy": build_legacy_seeds(),
     }
 
 

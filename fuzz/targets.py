@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple, Type
 
+from volatility3_vmrs.savedstate import legacy as L
 from volatility3_vmrs.savedstate import memory as M
 from volatility3_vmrs.savedstate import xpress
 from volatility3_vmrs.savedstate.diagnostics import Diagnostics
@@ -276,6 +277,37 @@ def file_target(data: bytes) -> None:
                 translation = attempt(lambda vp_index=vp_index, va=va: dump.translate(vp_index, va))
                 if translation is not None:
                     attempt(lambda t=translation: dump.read_physical(t.gpa, 0x100))
+
+
+# --- (e) legacy .bin files -------------------------------------------------------------
+LEGACY_BLOCKS_DECODED = 8  # per input: each decodes to 1 MiB, the reader itself is lazy
+
+
+@register(
+    "legacy",
+    corpus="legacy",
+    doc="legacy .bin: header, index, names; blocks decoded whole and through SavedStateDump",
+)
+def legacy_target(data: bytes) -> None:
+    source = ReadOnlySource(io.BytesIO(data))
+    diag = Diagnostics()
+    parsed = L.parse_legacy_bin(source, diag)
+    for item in diag:
+        str(item)
+    L.identity_ranges(parsed)
+    for block in parsed.blocks[:LEGACY_BLOCKS_DECODED]:
+        decoded = attempt(lambda block=block: L.decode_block(source, block))
+        if decoded is not None and len(decoded) != M.BLOCK_SIZE:
+            raise DifferentialMismatch(f"{block.name} decoded to {len(decoded):#x} bytes")
+    attempt(lambda: SavedStateDump(io.BytesIO(data), strict=True).close())
+    with SavedStateDump(io.BytesIO(data), cache_limit_blocks=2) as dump:
+        for block in parsed.blocks[:LEGACY_BLOCKS_DECODED]:
+            gpa = block.number * M.BLOCK_SIZE
+            attempt(lambda gpa=gpa: dump.read_physical(gpa, M.PAGE_SIZE))
+            dump.read_physical_padded(gpa + M.BLOCK_SIZE - 0x800, 0x1000)
+        for memory_range in dump.memory_ranges[:2]:
+            dump.memory.page_kind_counts(memory_range)
+        attempt(lambda: dump.vp_count)
 
 
 def target_names() -> Tuple[str, ...]:

@@ -104,20 +104,23 @@ SCHEMAS = {
             "file": STR,
             "file_size": INT,
             "kind": {"enum": ["saved-state", "configuration-only", "truncated"]},
-            "container": obj(
-                {
-                    "format_version": INT,
-                    "format_version_text": STR,
-                    "active_header_offset": INT,
-                    "sequence": INT,
-                    "header_copies_valid": {"type": "array", "items": BOOL},
-                    "replay_log": STR,
-                    "key_tables": INT,
-                    "keys": INT,
-                    "truncated": N_STR,
-                }
+            "format": STR,
+            "container": nullable(
+                obj(
+                    {
+                        "format_version": INT,
+                        "format_version_text": STR,
+                        "active_header_offset": INT,
+                        "sequence": INT,
+                        "header_copies_valid": {"type": "array", "items": BOOL},
+                        "replay_log": STR,
+                        "key_tables": INT,
+                        "keys": INT,
+                        "truncated": N_STR,
+                    }
+                )
             ),
-            "configuration": obj({"name": N_STR, "vm_id": N_STR, "version": N_STR}),
+            "configuration": nullable(obj({"name": N_STR, "vm_id": N_STR, "version": N_STR})),
             "saved_state": nullable(
                 obj(
                     {
@@ -534,6 +537,19 @@ def test_info_registers_memmap_on_a_saved_state(capsys, guest, guest_file):
     assert state["memory_ranges"] == len(guest.info.ranges)
     assert state["guest_ram_bytes"] == sum(r.pages for r in guest.info.ranges) * 4096
     assert [p["paging_mode"] for p in state["processors"]] == ["Paging_Long"] * 2
+
+
+def test_info_and_verify_on_the_legacy_bin_sample(capsys):
+    from tests.conftest import samples_dir
+
+    path = str(samples_dir() / "vmsavedstatedump-rs-test_file.bin")
+    code, document = checked_json(capsys, "info", path)
+    assert code == 0 and document["kind"] == "saved-state"
+    assert document["format"].startswith("legacy") and document["container"] is None
+    assert document["saved_state"]["guest_ram_bytes"] == 252 << 20
+    assert {d["kind"] for d in document["diagnostics"]} == {"assumption", "companion"}
+    code, document = checked_json(capsys, "verify", path)
+    assert code == 0 and document["intact"] and document["checked"]["pages_decoded"] == 64512
 
 
 def test_registers_equal_the_written_registers(capsys, guest, guest_file):

@@ -20,8 +20,15 @@ from fuzz.seeds import Seed
 from fuzz.targets import TARGETS, Target
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SECONDS_PER_TARGET = 12  # five targets: ~60 s of fuzzing plus ~2 s building the seeds
-MIN_INPUTS = {"container": 1000, "stream": 200, "partition": 2000, "file": 500, "plugins": 2}
+SECONDS_PER_TARGET = 10  # six targets: ~60 s of fuzzing plus ~2 s building the seeds
+MIN_INPUTS = {
+    "container": 1000,
+    "stream": 200,
+    "partition": 2000,
+    "file": 500,
+    "plugins": 2,
+    "legacy": 200,
+}
 
 
 def test_short_fuzz_run_finds_nothing(tmp_path):
@@ -142,7 +149,8 @@ def test_every_seed_passes_its_targets():
     from fuzz.seeds import build_all
 
     corpora = build_all()
-    assert all(corpora[name] for name in ("file", "stream", "partition"))
+    assert all(corpora[name] for name in ("file", "stream", "partition", "legacy"))
+    assert {"sample-bin-subset", "bin-shuffled-raw"} <= {seed.name for seed in corpora["legacy"]}
     names = {seed.name for seed in corpora["file"]}
     assert {"small-raw", "guest-long-hyperv-xpress-vtl01-4vp", "config-only"} <= names
     for target in TARGETS.values():

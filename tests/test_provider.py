@@ -17,17 +17,18 @@ from tests.support.partition_writer import (
 from tests.support.savedstate_writer import SavedStateWriter
 from volatility3_vmrs import savedstate as ss
 from volatility3_vmrs.savedstate.errors import (
-    HRESULT_ERROR_NOT_SUPPORTED,
+    HRESULT_ERROR_FILE_CORRUPT,
     VM_SAVED_STATE_DUMP_E_PARTITION_STATE_NOT_FOUND,
     VM_SAVED_STATE_DUMP_E_VA_NOT_MAPPED,
     VM_SAVED_STATE_DUMP_E_VP_VTL_NOT_ENABLED,
     InvalidArgumentError,
+    NotAContainerError,
     PartitionStateNotFoundError,
-    UnsupportedLegacyFormatError,
     VaNotMappedError,
     VmrsError,
     VpVtlNotEnabledError,
 )
+from volatility3_vmrs.savedstate.legacy import NotALegacyBinError
 from volatility3_vmrs.savedstate.types import (
     PAGING_MODE,
     REGISTER_ID,
@@ -126,14 +127,14 @@ def test_running_vm_file_has_no_partition_state(sample_paths):
     assert caught.value.hresult == VM_SAVED_STATE_DUMP_E_PARTITION_STATE_NOT_FOUND
 
 
-def test_legacy_pair_is_refused_clearly(tmp_path):
+def test_files_of_neither_format_are_refused_clearly(tmp_path):
     bin_path, vsv_path = tmp_path / "vm.bin", tmp_path / "vm.vsv"
     bin_path.write_bytes(bytes(8192))
     vsv_path.write_bytes(bytes(8192))
-    with pytest.raises(UnsupportedLegacyFormatError, match="not publicly documented") as caught:
+    with pytest.raises(NotALegacyBinError, match=r"not a legacy \.bin") as caught:
         ss.LoadSavedStateFiles(str(bin_path), str(vsv_path))
-    assert caught.value.hresult == HRESULT_ERROR_NOT_SUPPORTED
-    with pytest.raises(UnsupportedLegacyFormatError):
+    assert caught.value.hresult == HRESULT_ERROR_FILE_CORRUPT
+    with pytest.raises(NotAContainerError):
         ss.LoadSavedStateFile(str(vsv_path))
 
 

@@ -99,9 +99,10 @@ def collect(path: str) -> Dict[str, Any]:
     """The ``info`` document of one file."""
     with open_dump(path, require_saved_state=False) as dump:
         saved = dump.is_saved_state
+        storage = dump.storage  # None for a legacy .bin without a .vsv container
         if saved:
             kind = KIND_SAVED_STATE
-        elif dump.storage.truncation is not None:
+        elif storage is not None and storage.truncation is not None:
             kind = KIND_TRUNCATED
         else:
             kind = KIND_CONFIGURATION
@@ -110,21 +111,34 @@ def collect(path: str) -> Dict[str, Any]:
             "file": path,
             "file_size": os.path.getsize(path),
             "kind": kind,
-            "container": facts.container(dump.storage),
-            "configuration": _configuration(dump.storage),
+            "format": dump.format,
+            "container": facts.container(storage) if storage is not None else None,
+            "configuration": _configuration(storage) if storage is not None else None,
             "saved_state": _saved_state(dump) if saved else None,
             "diagnostics": facts.grouped(dump.diagnostics),
         }
 
 
 def _lines(document: Dict[str, Any]) -> List[Tuple[str, Any]]:
-    container = document["container"]
-    config = document["configuration"]
-    copies = ", ".join("valid" if ok else "invalid" for ok in container["header_copies_valid"])
     lines: List[Tuple[str, Any]] = [
         ("File", document["file"]),
         ("Size", f"{document['file_size']} bytes"),
         ("Kind", document["kind"]),
+        ("Format", document["format"]),
+    ]
+    if document["container"] is not None:
+        lines += _container_lines(document["container"], document["configuration"])
+    lines += _state_lines(document)
+    problems = [d for d in document["diagnostics"] if d["severity"] != "note"]
+    lines.append(("Integrity", "no problem found" if not problems else f"{len(problems)} problems"))
+    for item in document["diagnostics"]:
+        lines.append((f"{item['severity'].capitalize()} ({item['kind']})", item["text"]))
+    return lines
+
+
+def _container_lines(container: Dict[str, Any], config: Dict[str, Any]) -> List[Tuple[str, Any]]:
+    copies = ", ".join("valid" if ok else "invalid" for ok in container["header_copies_valid"])
+    return [
         ("Container format", container["format_version_text"]),
         (
             "Active header",
@@ -138,6 +152,10 @@ def _lines(document: Dict[str, Any]) -> List[Tuple[str, Any]]:
         ("VM ID", config["vm_id"]),
         ("Configuration version", config["version"]),
     ]
+
+
+def _state_lines(document: Dict[str, Any]) -> List[Tuple[str, Any]]:
+    lines: List[Tuple[str, Any]] = []
     state = document["saved_state"]
     if state is None and document["kind"] == KIND_TRUNCATED:
         lines.append(("Guest memory", "unknown: the file is truncated (see above)"))
@@ -165,10 +183,6 @@ def _lines(document: Dict[str, Any]) -> List[Tuple[str, Any]]:
         if guest is not None:
             lines.append(("VTLs enabled (partition)", f"{state['enabled_vtls']:#b}"))
             lines.append(("Guest OS", f"{guest['description']} (guest OS ID {guest['id']:#018x})"))
-    problems = [d for d in document["diagnostics"] if d["severity"] != "note"]
-    lines.append(("Integrity", "no problem found" if not problems else f"{len(problems)} problems"))
-    for item in document["diagnostics"]:
-        lines.append((f"{item['severity'].capitalize()} ({item['kind']})", item["text"]))
     return lines
 
 

@@ -148,7 +148,8 @@ def _open(path: str) -> Tuple[Optional[SavedStateDump], List[Diagnostic], Dict[s
 def _partition_state(dump: SavedStateDump) -> str:
     if dump.partition is not None:
         return "parsed"
-    return "truncated" if dump.storage.truncation is not None else "absent"
+    truncated = dump.storage is not None and dump.storage.truncation is not None
+    return "truncated" if truncated else "absent"
 
 
 def verify(path: str) -> Dict[str, Any]:
@@ -157,9 +158,10 @@ def verify(path: str) -> Dict[str, Any]:
     if dump is not None:
         with dump:
             count, damaged = check_values(dump.keys())
+            storage = dump.storage  # None for a legacy .bin without a .vsv container
             checked = {
-                "key_tables": len(dump.storage.key_table_info),
-                "keys": len(dump.storage.keys()),
+                "key_tables": len(storage.key_table_info) if storage is not None else 0,
+                "keys": len(storage.keys()) if storage is not None else 0,
                 "values_decoded": count,
                 "partition_state": _partition_state(dump),
             }

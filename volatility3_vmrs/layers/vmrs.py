@@ -1,4 +1,5 @@
-"""Volatility 3 layer for Hyper-V saved states (``.vmrs``): guest-physical memory.
+"""Volatility 3 layer for Hyper-V saved states (``.vmrs``, legacy ``.bin``): guest-physical
+memory.
 
 :class:`VmrsLayer` is a physical layer over the plain-Python reader
 (:mod:`volatility3_vmrs.savedstate`): addresses are guest-physical, the holes between
@@ -6,7 +7,9 @@ memory ranges are invalid addresses, and reads are served by the reader (raw Ram
 straight from the file, compressed ones page by page through its cache).
 
 :class:`VmrsStacker` runs before every other stacker. It recognises the container by
-the signature of a header copy (a damaged header is the reader's to explain), builds the
+the signature of a header copy (a damaged header is the reader's to explain), and a
+legacy ``.bin`` by its magic (the ``.vsv`` beside a local file is found by the reader;
+without processor state no DTB is published and Volatility's own search runs), builds the
 layer, and publishes what the saved processor state knows: the guest OS family, the
 architecture, PAE, and the DTB from a virtual processor's CR3 - the last only after the
 page tables at that address have been checked the way volatility3's Windows automagic
@@ -32,6 +35,7 @@ from volatility3.framework.layers import intel, physical
 
 from volatility3_vmrs.savedstate import structs
 from volatility3_vmrs.savedstate.errors import MemoryReadError, VmrsError
+from volatility3_vmrs.savedstate.legacy import is_legacy_bin
 from volatility3_vmrs.savedstate.memory_map import BLOCK_SIZE
 from volatility3_vmrs.savedstate.paging import FRAME_MASK_64
 from volatility3_vmrs.savedstate.provider import SavedStateDump
@@ -106,6 +110,14 @@ def has_header_signature(layer: interfaces.layers.DataLayerInterface) -> bool:
         if structs.FILE_HEADER.unpack(raw).signature == structs.FILE_HEADER_SIGNATURE:
             return True
     return False
+
+
+def has_legacy_magic(layer: interfaces.layers.DataLayerInterface) -> bool:
+    """Whether the file starts with the legacy ``.bin`` magic (recognised by header)."""
+    try:
+        return is_legacy_bin(layer.read(0, 4))
+    except exceptions.InvalidAddressException:
+        return False
 
 
 class VmrsLayer(interfaces.layers.DataLayerInterface):
@@ -223,7 +235,11 @@ class VmrsLayer(interfaces.layers.DataLayerInterface):
         metadata: Dict[str, Any] = {}
         if dump.partition is None:
             metadata["os"] = "Unknown"
-            self.dtb_note = "no processor state in the file"
+            self.dtb_note = (
+                "none: no processor state (Volatility's own DTB search may find one)"
+                if dump.legacy is not None
+                else "no processor state in the file"
+            )
             return metadata
         family = dump.guest_os_info(0).os_family
         metadata["os"] = family if family in ("Windows", "Linux") else "Unknown"
@@ -377,8 +393,8 @@ class VmrsStacker(interfaces.automagic.StackerLayerInterface):
         base = context.layers[layer_name]
         if isinstance(base, VmrsLayer):
             return None
-        if not has_header_signature(base):
-            return None  # not a HyperVStorage file: decline without a word
+        if not (has_header_signature(base) or has_legacy_magic(base)):
+            return None  # not a HyperVStorage file nor a legacy .bin: decline without a word
         # A signed header whose checksums fail is still a (damaged) .vmrs: opening it
         # below produces the error that says what is wrong and where.
         new_name = context.layers.free_layer_name("VmrsLayer")
@@ -396,6 +412,8 @@ class VmrsStacker(interfaces.automagic.StackerLayerInterface):
                 "vmrs.config can read it"
             )
             return layer
+        if dump.legacy is not None:
+            vollog.info(f"{base.name}: {dump.format}; {dump.missing_processor_state or ''}")
         damage = describe_damage(dump)
         if damage:
             vollog.warning(f"{base.name}: {damage}; run vmrs.info or `vmrs verify` for details")

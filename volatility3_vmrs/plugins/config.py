@@ -12,7 +12,7 @@ from volatility3.framework import interfaces, renderers
 
 from volatility3_vmrs.savedstate.config import Sourced, VmConfiguration, read_configuration
 
-from .common import find_vmrs_layer, primary_requirement
+from .common import find_vmrs_layer, primary_requirement, refuse
 
 COLUMNS = [("Setting", str), ("Value", str), ("Key path", str)]
 
@@ -80,5 +80,10 @@ class Config(interfaces.plugins.PluginInterface):
 
     def run(self) -> interfaces.renderers.TreeGrid:
         layer = find_vmrs_layer(self.context, self.config["primary"])
+        if layer.dump.storage is None:
+            refuse(
+                "no VM configuration: a legacy .bin holds none, and no .vsv container was "
+                "read beside it"
+            )
         config = read_configuration(layer.dump.storage)
         return renderers.TreeGrid(COLUMNS, self._generator(config))

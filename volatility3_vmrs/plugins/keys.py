@@ -131,6 +131,11 @@ class Keys(interfaces.plugins.PluginInterface):
     def run(self) -> interfaces.renderers.TreeGrid:
         layer = find_vmrs_layer(self.context, self.config["primary"])
         storage = layer.dump.storage
+        if storage is None:  # a legacy .bin without a .vsv container: no key tree
+            vollog.warning(
+                "no key tree: a legacy .bin holds none, and no .vsv container was read beside it"
+            )
+            return renderers.TreeGrid(COLUMNS, iter(()))
         keys = list(select_keys(storage, self.config.get("path")))
         if not keys:
             vollog.warning(f"no key matches {self.config.get('path')!r}")

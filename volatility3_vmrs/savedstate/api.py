@@ -13,7 +13,7 @@ GetNestedVirtualizationMode and ForceNestedHostMode.
 
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any, List, Optional
 
 from .errors import VmrsError
 from .provider import SavedStateDump, apply_replay_log_to_copy
@@ -26,7 +26,8 @@ def LoadSavedStateFile(vmrsFile: str) -> SavedStateDump:
     return SavedStateDump(vmrsFile)
 
 
-def LoadSavedStateFiles(binFile: str, vsvFile: str) -> SavedStateDump:
+def LoadSavedStateFiles(binFile: str, vsvFile: Optional[str] = None) -> SavedStateDump:
+    """The legacy pair: a ``.bin`` and its ``.vsv`` (None: the one beside the ``.bin``)."""
     return SavedStateDump.load_pair(binFile, vsvFile)
 
 

@@ -129,12 +129,6 @@ class PartitionStateError(VmrsFormatError):
     """The partition_state blob (processor state) is malformed."""
 
 
-class UnsupportedLegacyFormatError(VmrsFormatError):
-    """The legacy .bin + .vsv pair of Windows Server 2012 R2 and earlier."""
-
-    hresult = HRESULT_ERROR_NOT_SUPPORTED
-
-
 class DumpProviderError(VmrsError):
     """A condition the VM Saved State Dump Provider reports with an HRESULT."""
 

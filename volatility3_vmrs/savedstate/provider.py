@@ -27,17 +27,18 @@ from .diagnostics import Diagnostic, Diagnostics, Kind
 from .errors import (
     GuestMemoryNotFoundError,
     InvalidArgumentError,
-    NotAContainerError,
+    KeyNotFoundError,
     PartitionStateNotFoundError,
     TruncatedError,
-    UnsupportedLegacyFormatError,
     VmrsError,
 )
+from .legacy import LEGACY_HEADER, NotALegacyBinError, is_legacy_bin
+from .legacy_pair import LegacyPair, open_legacy_pair
 from .memory import DEFAULT_CACHE_LIMIT_BLOCKS, PageReader
 from .memory_map import PAGE_SIZE, MemoryRange, map_saved_state
 from .paging import Translation, translate
 from .processors import PartitionState, RegisterSet, VirtualProcessor
-from .source import PathOrFile
+from .source import PathOrFile, ReadOnlySource
 from .storage import HyperVStorage, Key
 from .types import (
     GPA_MEMORY_CHUNK,
@@ -47,18 +48,17 @@ from .types import (
     RegisterValue,
 )
 
-LEGACY_EXTENSIONS = (".bin", ".vsv")
-
-LEGACY_MESSAGE = (
-    "the legacy .bin + .vsv saved-state pair (Windows Server 2012 R2 and earlier) is not "
-    "publicly documented and is not supported; only .vmrs files can be read"
-)
+FORMAT_VMRS = "Hyper-V saved state (.vmrs, HyperVStorage container)"
+FORMAT_LEGACY = "legacy Hyper-V saved state (.bin memory file, VM configuration version 5.0)"
 
 
-def _legacy_error(path: str) -> UnsupportedLegacyFormatError:
-    return UnsupportedLegacyFormatError(
-        LEGACY_MESSAGE, structure="file", key_path=None, offset=None
-    )
+def _starts_as_legacy_bin(source: PathOrFile) -> bool:
+    """Whether the file starts with the legacy ``.bin`` magic (checked by header, not name)."""
+    probe = ReadOnlySource(source)
+    try:
+        return is_legacy_bin(probe.read(0, 4))
+    finally:
+        probe.close()
 
 
 class SavedStateDump:
@@ -75,15 +75,30 @@ class SavedStateDump:
         strict: bool = False,
         cache_limit_blocks: int = DEFAULT_CACHE_LIMIT_BLOCKS,
         require_saved_state: bool = True,
+        vsv: Optional[str] = None,
     ) -> None:
-        name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else ""
         self.diagnostics = Diagnostics(strict=strict)
-        try:
-            self.storage = HyperVStorage(source, diagnostics=self.diagnostics)
-        except NotAContainerError:
-            if name.lower().endswith(LEGACY_EXTENSIONS):
-                raise _legacy_error(name) from None
-            raise
+        self.legacy: Optional[LegacyPair] = None
+        self.storage: Optional[HyperVStorage] = None  # type: ignore[assignment]
+        if _starts_as_legacy_bin(source):
+            self._open_legacy(source, vsv, cache_limit_blocks)
+        else:
+            if vsv is not None:
+                raise InvalidArgumentError(
+                    "a .vsv belongs to a legacy .bin; this file is not one (no .bin magic)"
+                )
+            self._open_container(source, cache_limit_blocks, require_saved_state)
+        if self.memory is not None:
+            # The hot path: bound straight to the page reader, no extra call layer.
+            self.read_physical = self.memory.read_physical  # type: ignore[method-assign]
+        self._forced_arch: Dict[int, VIRTUAL_PROCESSOR_ARCH] = {}
+        self._forced_paging: Dict[int, PAGING_MODE] = {}
+        self._forced_vtl: Dict[int, int] = {}
+
+    def _open_container(
+        self, source: PathOrFile, cache_limit_blocks: int, require_saved_state: bool
+    ) -> None:
+        self.storage = HyperVStorage(source, diagnostics=self.diagnostics)
         try:
             self.vm_version: Optional[int] = self._optional_int(paths.VM_VERSION)
             self.partition = self._open_partition()
@@ -93,12 +108,28 @@ class SavedStateDump:
         except BaseException:
             self.storage.close()
             raise
-        if self.memory is not None:
-            # The hot path: bound straight to the page reader, no extra call layer.
-            self.read_physical = self.memory.read_physical  # type: ignore[method-assign]
-        self._forced_arch: Dict[int, VIRTUAL_PROCESSOR_ARCH] = {}
-        self._forced_paging: Dict[int, PAGING_MODE] = {}
-        self._forced_vtl: Dict[int, int] = {}
+
+    def _open_legacy(self, source: PathOrFile, vsv: Optional[str], cache_limit_blocks: int) -> None:
+        """A legacy ``.bin``: its blocks, the ``.vsv`` beside it (or given), one model."""
+        bin_path = os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
+        self._bin_source = ReadOnlySource(source)
+        try:
+            pair = open_legacy_pair(
+                self._bin_source, self.diagnostics, bin_path=bin_path, vsv_path=vsv
+            )
+        except BaseException:
+            self._bin_source.close()
+            raise
+        self.legacy = pair
+        self.storage = pair.storage
+        self.partition = pair.partition
+        self.vm_version = self._optional_int(paths.VM_VERSION) or pair.bin.header.version
+        self.memory = PageReader(
+            pair.memory_map,
+            self._bin_source,
+            self.diagnostics,
+            cache_limit_blocks=cache_limit_blocks,
+        )
 
     def _open_partition(self) -> Optional[PartitionState]:
         if paths.PARTITION_STATE not in self.storage:
@@ -132,6 +163,17 @@ class SavedStateDump:
 
     def not_a_saved_state(self) -> VmrsError:
         """Why the file has no processor state or memory: truncation, or its kind."""
+        if self.legacy is not None:
+            vsv = self.legacy.vsv
+            if vsv is None:
+                why = "no .vsv was found beside it"
+            elif vsv.interpreted:
+                why = f"its .vsv ({os.path.basename(vsv.path)}) holds no usable partition_state"
+            else:
+                why = f"its .vsv ({os.path.basename(vsv.path)}) could not be interpreted"
+            return PartitionStateNotFoundError(
+                f"no processor state: a legacy .bin holds guest memory only, and {why}"
+            )
         truncation = self.storage.truncation
         if truncation is not None:
             return TruncatedError(
@@ -140,6 +182,13 @@ class SavedStateDump:
                 offset=truncation.file_size,
             )
         return PartitionStateNotFoundError()
+
+    @property
+    def missing_processor_state(self) -> Optional[str]:
+        """Why there is no processor state (None when there is one), in one sentence."""
+        if self.partition is not None:
+            return None
+        return str(self.not_a_saved_state())
 
     @property
     def is_saved_state(self) -> bool:
@@ -153,7 +202,7 @@ class SavedStateDump:
 
     def _require_memory(self) -> PageReader:
         if self.memory is None:
-            if self.storage.truncation is not None:
+            if self.storage is not None and self.storage.truncation is not None:
                 raise self.not_a_saved_state()
             raise GuestMemoryNotFoundError(
                 "the file holds no saved guest memory (no /savedstate/RamMemoryBlock<n> key)"
@@ -165,12 +214,30 @@ class SavedStateDump:
         return cls(source, **options)
 
     @classmethod
-    def load_pair(cls, bin_path: str, vsv_path: str) -> SavedStateDump:
-        """LoadSavedStateFiles: the legacy pair is not documented, so it is refused."""
-        raise _legacy_error(bin_path)
+    def load_pair(
+        cls, bin_path: str, vsv_path: Optional[str] = None, **options: Any
+    ) -> SavedStateDump:
+        """LoadSavedStateFiles: a legacy ``.bin`` and its ``.vsv`` (found beside it if None)."""
+        if not _starts_as_legacy_bin(bin_path):
+            raise NotALegacyBinError(
+                "this is not a legacy .bin (no magic 0x02182003); open a .vmrs with "
+                "LoadSavedStateFile",
+                structure=LEGACY_HEADER.name,
+                offset=0,
+            )
+        return cls(bin_path, vsv=vsv_path, **options)
+
+    @property
+    def format(self) -> str:
+        """What kind of file this is, in words (for ``vmrs.info``)."""
+        return FORMAT_LEGACY if self.legacy is not None else FORMAT_VMRS
 
     def close(self) -> None:
-        self.storage.close()
+        if self.legacy is not None:
+            self.legacy.close()
+            self._bin_source.close()
+        elif self.storage is not None:
+            self.storage.close()
 
     def __enter__(self) -> SavedStateDump:
         return self
@@ -179,7 +246,7 @@ class SavedStateDump:
         self.close()
 
     def _optional_int(self, path: str) -> Optional[int]:
-        if path not in self.storage:
+        if self.storage is None or path not in self.storage:
             return None
         value = self.storage.value(path)
         return value if isinstance(value, int) and not isinstance(value, bool) else None
@@ -187,6 +254,8 @@ class SavedStateDump:
     # --- file-level facts -------------------------------------------------------------
     @property
     def name(self) -> str:
+        if self.legacy is not None:
+            return self.legacy.bin.name
         return self.storage.name
 
     @property
@@ -195,7 +264,7 @@ class SavedStateDump:
 
     @property
     def saved_state_type(self) -> Optional[str]:
-        if paths.SAVED_STATE_TYPE not in self.storage:
+        if self.storage is None or paths.SAVED_STATE_TYPE not in self.storage:
             return None
         value = self.storage.value(paths.SAVED_STATE_TYPE)
         return value if isinstance(value, str) else None
@@ -206,9 +275,14 @@ class SavedStateDump:
         return list(self.diagnostics.problems)
 
     def keys(self, prefix: str = "/") -> Iterator[Key]:
+        """The key tree (of the ``.vsv`` for a legacy pair; none without one)."""
+        if self.storage is None:
+            return iter(())
         return self.storage.walk(prefix)
 
     def value(self, path: str) -> Any:
+        if self.storage is None:
+            raise KeyNotFoundError(path)
         return self.storage.value(path)
 
     # --- partition and processors -----------------------------------------------------
