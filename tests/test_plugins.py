@@ -85,8 +85,23 @@ def guests_by_mode(files):
 
 
 # --- registers: the truth from the writer's dicts ----------------------------------------
+# Registers the reader decodes beyond the legacy enums (vmrs.registers lists them after).
+EXTRA_REGISTERS = [f"FpMmx{i}" for i in range(8)] + ["Xcr0", "KernelGsBase"]
+
+
+def expected_extra(regs: dict, name: str) -> int:
+    if name.startswith("FpMmx"):
+        return regs[f"fp_mmx{name[5:]}"]
+    if name == "Xcr0":
+        return regs["xcr0"]
+    assert name == "KernelGsBase"
+    return regs["virtual_msrs"][1]
+
+
 def expected_legacy(regs: dict, member) -> int:
     """What GetRegisterValue returns for a legacy id, from the dict the writer got."""
+    if isinstance(member, str):
+        return expected_extra(regs, member)
     name = member.name.split("_Register", 1)[1]
     x86 = isinstance(member, REGISTER_ID_X86)
     gp32 = {
@@ -124,6 +139,11 @@ def legacy_members(enum_type) -> list:
     return [m for m in enum_type if not m.name.endswith("Count")]
 
 
+def listed_names(enum_type) -> list:
+    """What vmrs.registers lists per VP and VTL: the legacy enum, then the extras."""
+    return [m.name.split("_Register", 1)[1] for m in legacy_members(enum_type)] + EXTRA_REGISTERS
+
+
 def check_register_rows(rows, guest, enum_type, *, as_text: bool) -> int:
     """Every row equals the fixture's value; returns how many rows were checked."""
 
@@ -134,6 +154,7 @@ def check_register_rows(rows, guest, enum_type, *, as_text: bool) -> int:
         return value
 
     by_name = {m.name.split("_Register", 1)[1]: m for m in legacy_members(enum_type)}
+    by_name.update({name: name for name in EXTRA_REGISTERS})
     for row in rows:
         regs = guest.registers[int(row["VP"])][int(row["VTL"])]
         member = by_name[row["Register"]]
@@ -152,13 +173,17 @@ def check_register_rows(rows, guest, enum_type, *, as_text: bool) -> int:
 
 def test_registers_json_equals_the_written_registers(long_guest, long_file, cache):
     rows = run_vol(cache, long_file, "vmrs.registers").json_rows()
-    members = legacy_members(REGISTER_ID_X64)
-    assert len(rows) == 2 * 2 * len(members)  # 2 VPs x VTLs 0 and 1
+    names = listed_names(REGISTER_ID_X64)
+    assert len(rows) == 2 * 2 * len(names)  # 2 VPs x VTLs 0 and 1
     assert {(r["VP"], r["VTL"]) for r in rows} == {(0, 0), (0, 1), (1, 0), (1, 1)}
     assert check_register_rows(rows, long_guest, REGISTER_ID_X64, as_text=False) == len(rows)
-    # Every member of the enum for every VP/VTL, in enum order.
-    names = [r["Register"] for r in rows if r["VP"] == 1 and r["VTL"] == 1]
-    assert names == [m.name.split("_Register", 1)[1] for m in members]
+    # Every member of the enum for every VP/VTL, in enum order, then the extras.
+    assert [r["Register"] for r in rows if r["VP"] == 1 and r["VTL"] == 1] == names
+    gs_base = [r for r in rows if r["Register"] == "KernelGsBase"]
+    assert len(gs_base) == 4 and all(
+        r["Value"] == expected_extra(long_guest.registers[r["VP"]][r["VTL"]], "KernelGsBase")
+        for r in gs_base
+    )
     cr3 = next(r for r in rows if r["Register"] == "Cr3" and r["VP"] == 0 and r["VTL"] == 0)
     assert cr3["Value"] == long_guest.cr3  # PCID bits kept: the register, not the DTB
 
@@ -169,17 +194,18 @@ def test_registers_csv_equals_the_written_registers(long_guest, long_file, cache
         "TreeDepth", "VP", "VTL", "Register", "Value", "Selector", "Base", "Limit",
         "Attributes", "Decoded",
     ]  # fmt: skip
-    assert len(rows) == 4 * len(legacy_members(REGISTER_ID_X64))
+    assert len(rows) == 4 * len(listed_names(REGISTER_ID_X64))
     check_register_rows(rows, long_guest, REGISTER_ID_X64, as_text=True)
 
 
 def test_registers_filters_select_exactly(long_guest, long_file, cache):
     rows = run_vol(
         cache, long_file, "vmrs.registers", "--vp", "1", "--vtl", "1",
-        "--register", "rip", "CR3", "cs", "xmm0", "X64_RegisterEfer",
+        "--register", "rip", "CR3", "cs", "xmm0", "X64_RegisterEfer", "kernelgsbase",
     ).json_rows()  # fmt: skip
     assert sorted((r["VP"], r["VTL"], r["Register"]) for r in rows) == sorted(
-        (1, 1, name) for name in ("Rip", "Cr3", "SegCs", "LowXmm0", "HighXmm0", "Efer")
+        (1, 1, name)
+        for name in ("Rip", "Cr3", "SegCs", "LowXmm0", "HighXmm0", "Efer", "KernelGsBase")
     )
     check_register_rows(rows, long_guest, REGISTER_ID_X64, as_text=False)
     rows = run_vol(
@@ -192,9 +218,7 @@ def test_registers_filters_select_exactly(long_guest, long_file, cache):
 def test_registers_of_a_32_bit_guest_use_the_x86_ids(guests_by_mode, cache):
     guest, path = guests_by_mode[PAGING_MODE.Paging_32Bit]
     rows = run_vol(cache, path, "vmrs.registers", "--vp", "0").json_rows()
-    assert [r["Register"] for r in rows] == [
-        m.name.split("_Register", 1)[1] for m in legacy_members(REGISTER_ID_X86)
-    ]
+    assert [r["Register"] for r in rows] == listed_names(REGISTER_ID_X86)
     check_register_rows(rows, guest, REGISTER_ID_X86, as_text=False)
     eip = next(r for r in rows if r["Register"] == "Eip")
     assert eip["Value"] == guest.registers[0][0]["rip"] & 0xFFFFFFFF

@@ -22,6 +22,7 @@ __all__ = [
     "PluginRefusal",
     "VmrsLayer",
     "find_vmrs_layer",
+    "parse_address",
     "primary_requirement",
     "refuse",
     "require_memory",
@@ -53,6 +54,20 @@ def find_vmrs_layer(context: interfaces.context.ContextInterface, layer_name: st
         "this plugin reads Hyper-V saved-state files (.vmrs, .vmcx, .bin); the file given "
         "is not one, or could not be opened (an error above says why)"
     )
+
+
+def parse_address(text: str, option: str) -> int:
+    """An address given on the command line: hexadecimal, with or without ``0x``.
+
+    Digits may be grouped with ``_`` or a WinDbg backtick (``fffff800`00010000``). A text
+    that is not such a number is refused in one line naming the option.
+    """
+    digits = text.strip().replace("`", "").replace("_", "")
+    if digits[:2].lower() == "0x":
+        digits = digits[2:]
+    if not digits or any(c not in "0123456789abcdefABCDEF" for c in digits):
+        refuse(f"{option} {text!r} is not a hexadecimal address (give it as ffff8000... or 0x...)")
+    return int(digits, 16)
 
 
 def require_memory(dump: SavedStateDump) -> PageReader:
