@@ -11,8 +11,14 @@ from typing import List
 from volatility3.framework import interfaces
 from volatility3.framework.configuration import requirements
 
-from volatility3_vmrs.layers.vmrs import VmrsLayer, describe_content
+from volatility3_vmrs.layers.vmrs import (
+    VmrsLayer,
+    describe_content,
+    has_header_signature,
+    open_dump,
+)
 from volatility3_vmrs.refusal import PluginRefusal, refuse
+from volatility3_vmrs.savedstate.errors import VmrsError
 from volatility3_vmrs.savedstate.memory import PageReader
 from volatility3_vmrs.savedstate.processors import PartitionState
 from volatility3_vmrs.savedstate.provider import SavedStateDump
@@ -50,9 +56,18 @@ def find_vmrs_layer(context: interfaces.context.ContextInterface, layer_name: st
         if isinstance(layer, VmrsLayer):
             return layer
         pending.extend(layer.dependencies)
+    for name in seen:
+        layer = context.layers[name]
+        if not layer.dependencies and has_header_signature(layer):
+            # A HyperVStorage file the stacker could not open: say why, as the last line.
+            try:
+                open_dump(layer).close()
+            except VmrsError as error:
+                refuse(f"the Hyper-V saved state cannot be read: {error}")
+            refuse(f"{layer.name} is a Hyper-V saved state, but no .vmrs layer was stacked on it")
     refuse(
         "this plugin reads Hyper-V saved-state files (.vmrs, .vmcx, .bin); the file given "
-        "is not one, or could not be opened (an error above says why)"
+        "is not one (it has no HyperVStorage header)"
     )
 
 
