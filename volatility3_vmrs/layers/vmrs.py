@@ -424,9 +424,7 @@ def warn_broken_thread_scans() -> None:
     scan catches the AttributeError and yields nothing, so scanning plugins print no rows
     and no error. Checked by feature, so a fixed Volatility is not warned about.
     """
-    if constants.PARALLELISM == constants.Parallelism.Threading and not hasattr(
-        threading, "Pool"
-    ):
+    if constants.PARALLELISM == constants.Parallelism.Threading and not hasattr(threading, "Pool"):
         vollog.warning(
             "--parallelism threads is broken in this Volatility (its scanner asks the "
             "threading module for a Pool): every scan returns nothing; use "

@@ -4,9 +4,10 @@ Every page-aligned ``MZ`` with a valid PE header in the same page is a hit (see
 :mod:`volatility3_vmrs.savedstate.pescan` for the checks). Each image is read at its
 mapped layout (sections at their RVAs) and parsed with pefile: machine, image size,
 link timestamp, subsystem, the CodeView record (PDB name, GUID, age) and the version
-resource's OriginalFilename (a link time of zero is shown as absent). Pages that cannot be read - holes, missing RamBlocks, or
-pages not present in the VP's page tables - read as zeros and are left out of
-``Pages read``; what lies in them is simply not reported.
+resource's OriginalFilename (a link time of zero is shown as absent, not as 1970).
+Pages that cannot be read - holes, missing RamBlocks, or pages not present in the VP's
+page tables - read as zeros and are left out of ``Pages read``; what lies in them is
+simply not reported.
 
 Guest-physical memory is always scanned. ``--virtual`` also scans the kernel half of a
 virtual processor's address space (``--vp``, default: the VP whose CR3 the layer uses).
