@@ -407,7 +407,7 @@ class VmrsStacker(interfaces.automagic.StackerLayerInterface):
         damage = describe_damage(dump)
         if damage:
             vollog.warning(
-                f"{base.name}: {damage}; run vmrs.info (--verify checks every page) for details"
+                f"{base.name}: {damage}; run `vmrs verify` or vmrs.info --verify for details"
             )
         vollog.info(
             f"Stacked {new_name}: {len(dump.memory.map.ranges) if dump.memory else 0} ranges, "
