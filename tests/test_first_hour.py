@@ -141,6 +141,7 @@ RUNS: Dict[str, Tuple[str, Tuple[str, ...], Tuple[str, ...], str]] = {
             ("keys", ()),
             ("pescan", ()),
             ("vtop", ("--address", "0x1000")),
+            ("export", ("--format", "raw")),
         )
     },
     **{
@@ -204,7 +205,9 @@ def test_bad_options_end_with_the_packs_line(vol_runs, run, expected):
     assert last_line(vol_runs[run]) == expected
 
 
-@pytest.mark.parametrize("plugin", ["info", "registers", "memmap", "keys", "pescan", "vtop"])
+@pytest.mark.parametrize(
+    "plugin", ["info", "registers", "memmap", "keys", "pescan", "vtop", "export"]
+)
 def test_a_file_that_is_not_a_vmrs_is_refused_in_one_line(vol_runs, plugin):
     result = vol_runs[f"not-a-vmrs {plugin}"]
     assert last_line(result) == NOT_A_VMRS

@@ -101,6 +101,16 @@ SCHEMAS: Dict[str, Dict[str, Any]] = {
             "Notes": STR,
         }
     ),
+    "export": rows_schema(
+        {
+            "Format": STR,
+            "File output": STR,
+            "Size": NON_NEGATIVE,
+            "SHA-256": absent_or({"type": "string", "pattern": "^[0-9a-f]{64}$"}),
+            "VP": absent_or(NON_NEGATIVE),
+            "Notes": STR,
+        }
+    ),
     "vtop": rows_schema(
         {
             "VP": NON_NEGATIVE,
