@@ -1,6 +1,6 @@
 """Write a demo Hyper-V saved state holding a real Linux guest's memory.
 
-    python examples/make_demo_vmrs.py demo.vmrs
+    .venv/bin/python examples/make_demo_vmrs.py demo.vmrs
     vol -s symbols -f demo.vmrs linux.pslist
 
 The memory and both vCPUs' registers come from the committed QEMU capture of a stock
@@ -10,6 +10,7 @@ writer, with XPRESS-compressed RamBlocks as Hyper-V writes them. Runs from a che
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -21,11 +22,13 @@ from tests.fixtures.linux_guest import artefacts  # noqa: E402
 from tests.support.linux_guest import build_vmrs  # noqa: E402
 
 
-def main() -> int:
-    if len(sys.argv) != 2:
-        print(__doc__)
-        return 2
-    target = Path(sys.argv[1])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="then: vol -s symbols -f OUTPUT linux.pslist",
+    )
+    parser.add_argument("output", type=Path, help="the .vmrs file to write (about 40 MB)")
+    target = parser.parse_args(argv).output
     with tempfile.TemporaryDirectory() as scratch:
         elf = artefacts.elf_path(scratch)
         build_vmrs(elf, target, "xpress")

@@ -1,7 +1,9 @@
 """Run a Volatility 3 plugin on a Hyper-V saved state from a Python script (no `vol`).
 
-python examples/run_plugin.py vm.vmrs vmrs.info.Info
-python examples/run_plugin.py vm.vmrs linux.pslist.PsList --symbols symbols
+.venv/bin/python examples/run_plugin.py vm.vmrs vmrs.info.Info
+.venv/bin/python examples/run_plugin.py vm.vmrs linux.pslist.PsList --symbols symbols
+
+(the Python of the environment where volatility3 and this pack are installed)
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ PACK_PLUGINS: Dict[str, Dict[str, Any]] = {
     "vmrs.memmap.Memmap": {},
     "vmrs.registers.Registers": {},
     "vmrs.pescan.PEScan": {},
-    "vmrs.vtop.Vtop": {"address": 0xFFFFF80000001000},
+    "vmrs.vtop.Vtop": {"address": "0xfffff80000001000"},
 }
 
 

@@ -39,6 +39,7 @@ from tests.support.guests import windows_guest
 from tests.support.linux_guest import build_vmrs
 from tests.support.partition_writer import simple_partition
 from tests.support.savedstate_writer import SavedStateWriter
+from tests.support.schemas import check_rows
 from tests.support.vol import vol_json
 from volatility3_vmrs.cli import export_cmd
 from volatility3_vmrs.export import ExportError, KernelAddresses, export, export_to_path
@@ -568,7 +569,9 @@ def test_plugin_writes_through_volatility_file_handler(exported, guest_vmrs, vol
     assert lime_row["SHA-256"] == sha256_of(directory / "guest.lime") == library_digest
     # Crash dump: no Windows kernel in this guest, so the WinDbg fields stay zero and
     # the row says so; kdmp-parser reads the same memory as the library's dump.
-    assert dmp_row["Notes"] == WINDBG_NOTE and dmp_row["VP"] == "0"
+    assert dmp_row["Notes"] == WINDBG_NOTE and dmp_row["VP"] == 0
+    assert lime_row["VP"] is None
+    check_rows("export", [lime_row, dmp_row])
     path = directory / dmp_row["File output"]
     assert sha256_of(path) == dmp_row["SHA-256"]
     parsed = kdmp_parser.KernelDumpParser(path)

@@ -270,7 +270,7 @@ def test_config_only_file_info_works_and_memory_plugins_say_why(sample_paths, vo
     info = run_vol(["-r", "json", "-f", sample, "vmrs.info.Info"], cache=vol_cache)
     rows = json.loads(info.stdout[info.stdout.index("[") :])
     assert {"Field": "Guest memory", "Value": "none in this file"} in [
-        {k: v for k, v in row.items() if k != "__children"} for row in rows
+        {k: row[k] for k in ("Field", "Value")} for row in rows
     ]
     proc = run_vol(["-f", sample, "windows.pslist"], cache=vol_cache, check=False)
     assert proc.returncode != 0

@@ -64,6 +64,6 @@ def test_every_plugin_on_every_case(case: Dict[str, Any], corpus_dir: Path):
         if problems:
             warnings = [line for line in lines if "integrity problems" in line]
             assert len(warnings) == 1, (where, lines)
-            assert "vmrs verify" in warnings[0]
+            assert "vmrs verify" in warnings[0] and "vmrs.info --verify" in warnings[0]
         else:
             assert not any("integrity problems" in line for line in lines), (where, lines)

@@ -21,6 +21,7 @@ from volatility3_vmrs.savedstate.errors import (
     VaNotMappedError,
 )
 from volatility3_vmrs.savedstate.paging import (
+    NON_CANONICAL,
     PageNotPresentError,
     dtb_from_cr3,
     translate,
@@ -140,7 +141,8 @@ def test_non_canonical_address():
     with pytest.raises(PageNotPresentError) as info:
         translate(b.read, LONG, b.cr3, 0x0000_8000_0000_0000)
     err = info.value
-    assert err.level == "canonical"
+    assert err.level == NON_CANONICAL == "non-canonical"
+    assert "bits 63:47 must all equal bit 47" in str(err) and "4-level" in str(err)
     assert err.region_start == 0x0000_8000_0000_0000
     assert err.region_start + err.unmapped_size == 0xFFFF_8000_0000_0000
     # 57-bit addresses are canonical under LA57

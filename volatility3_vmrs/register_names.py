@@ -5,16 +5,23 @@ A register is shown without the ``X64_Register`` / ``X86_Register`` prefix (``Ri
 ``Cr3``, ``LowXmm0``, ``SegCs``) and asked for case-insensitively by that name, by the
 enum name (``X64_RegisterRip``), by a segment without ``Seg`` (``cs``) or by a 128-bit
 register without ``Low``/``High`` (``xmm0`` selects both halves).
+
+After the legacy ids come the registers the reader decodes that those enums have no id
+for (:data:`EXTRAS`): the x87/MMX slots ``FpMmx0``-``FpMmx7`` (whole 128-bit values,
+named as in the current ``REGISTER_ID`` enum), ``Xcr0`` and ``KernelGsBase`` (the
+kernel GS base of a VP saved in user mode; its virtual-MSR slot is UNVERIFIED).
+:func:`register_value` reads either kind.
 """
 
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any, Iterator, List, Optional, Sequence, Set, Tuple, Type
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Set, Tuple, Type, Union
 
 from volatility3_vmrs.savedstate.errors import InvalidArgumentError, VmrsError
 from volatility3_vmrs.savedstate.processors import RegisterSet
 from volatility3_vmrs.savedstate.types import (
+    REGISTER_ID,
     REGISTER_ID_X64,
     REGISTER_ID_X86,
     VIRTUAL_PROCESSOR_ARCH,
@@ -34,16 +41,50 @@ SEGMENT_ATTRIBUTES = {
 }
 
 
-def short_name(member: Enum) -> str:
+class Extra:
+    """A register the reader decodes that the legacy enums have no id for."""
+
+    def __init__(self, name: str, read: Callable[[RegisterSet], int]) -> None:
+        self.name = f"Extra_Register{name}"
+        self.read = read
+
+
+def _whole(member: Enum) -> Callable[[RegisterSet], int]:
+    return lambda registers: registers.get(member).reg128
+
+
+EXTRAS: Tuple[Extra, ...] = (
+    *(
+        Extra(short, _whole(member))
+        for member in REGISTER_ID
+        for short in [member.name.split("_Register", 1)[1]]
+        if member.name.startswith("X64_RegisterFpMmx")
+    ),
+    Extra("Xcr0", lambda registers: registers.xcr0),
+    Extra("KernelGsBase", lambda registers: registers.kernel_gs_base),
+)
+
+Member = Union[Enum, Extra]
+
+
+def short_name(member: Member) -> str:
     return member.name.split("_Register", 1)[1]
 
 
-def register_members(enum_type: Type[Enum]) -> List[Enum]:
-    """Every register of a legacy enum, without the Count sentinel."""
-    return [m for m in enum_type if not m.name.endswith("_RegisterCount")]
+def register_members(enum_type: Type[Enum]) -> List[Member]:
+    """Every register of a legacy enum (without the Count sentinel), then the extras."""
+    legacy: List[Member] = [m for m in enum_type if not m.name.endswith("_RegisterCount")]
+    return legacy + list(EXTRAS)
 
 
-def aliases(member: Enum) -> Set[str]:
+def register_value(registers: RegisterSet, member: Member) -> int:
+    """GetRegisterValue of a legacy id, or the value of an extra register."""
+    if isinstance(member, Extra):
+        return int(member.read(registers))
+    return int(registers.get(member))
+
+
+def aliases(member: Member) -> Set[str]:
     short = short_name(member)
     names = {short.lower(), member.name.lower()}
     if short.startswith("Seg"):
@@ -54,7 +95,7 @@ def aliases(member: Enum) -> Set[str]:
     return names
 
 
-def select_members(enum_type: Type[Enum], wanted: Optional[Sequence[str]]) -> List[Enum]:
+def select_members(enum_type: Type[Enum], wanted: Optional[Sequence[str]]) -> List[Member]:
     members = register_members(enum_type)
     if not wanted:
         return members

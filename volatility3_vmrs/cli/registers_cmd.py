@@ -20,6 +20,7 @@ from volatility3_vmrs.register_names import (
     enum_for,
     register_members,
     register_sets,
+    register_value,
     short_name,
     unknown_names,
 )
@@ -62,7 +63,7 @@ def _row(vp: int, vtl: int, registers: Any, member: Enum) -> Dict[str, Any]:
         "base": None, "limit": None, "attributes": None, "decoded": None, "error": None,
     }  # fmt: skip
     try:
-        row["value"] = int(registers.get(member))
+        row["value"] = register_value(registers, member)
         attribute = SEGMENT_ATTRIBUTES.get(name)
         if attribute is not None:
             segment: Segment = getattr(registers, attribute)

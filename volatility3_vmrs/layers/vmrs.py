@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import threading
 import urllib.parse
 import urllib.request
 from typing import Any, Dict, List, Optional, Tuple
@@ -120,6 +121,13 @@ def has_legacy_magic(layer: interfaces.layers.DataLayerInterface) -> bool:
         return False
 
 
+def open_dump(base: interfaces.layers.DataLayerInterface) -> SavedStateDump:
+    """Open the saved state in ``base`` (a local file by path, anything else through the
+    layer); raises the reader's VmrsError when it cannot be read."""
+    source: Any = _local_path(base) or _LayerFile(base)
+    return SavedStateDump(source, require_saved_state=False)
+
+
 class VmrsLayer(interfaces.layers.DataLayerInterface):
     """Guest-physical memory of a Hyper-V saved state."""
 
@@ -152,9 +160,8 @@ class VmrsLayer(interfaces.layers.DataLayerInterface):
     def _dump(self) -> SavedStateDump:
         if self._dump_ is None:
             base = self.context.layers[self._base_layer]
-            source: Any = _local_path(base) or _LayerFile(base)
             try:
-                self._dump_ = SavedStateDump(source, require_saved_state=False)
+                self._dump_ = open_dump(base)
             except VmrsError as error:
                 raise VmrsFormatException(self.name, f"{base.name}: {error}") from error
         return self._dump_
@@ -414,15 +421,33 @@ class VmrsStacker(interfaces.automagic.StackerLayerInterface):
             return layer
         if dump.legacy is not None:
             vollog.info(f"{base.name}: {dump.format}; {dump.missing_processor_state or ''}")
+        warn_broken_thread_scans()
         damage = describe_damage(dump)
         if damage:
-            vollog.warning(f"{base.name}: {damage}; run vmrs.info or `vmrs verify` for details")
+            vollog.warning(
+                f"{base.name}: {damage}; run `vmrs verify` or vmrs.info --verify for details"
+            )
         vollog.info(
             f"Stacked {new_name}: {len(dump.memory.map.ranges) if dump.memory else 0} ranges, "
             f"{dump.vp_count if dump.partition else 0} VPs, os={layer.metadata.get('os')}, "
             f"DTB {layer.dtb_note}"
         )
         return layer
+
+
+def warn_broken_thread_scans() -> None:
+    """Say so when ``--parallelism threads`` meets volatility3's broken threaded scan.
+
+    volatility3 2.28 scans in threads with ``threading.Pool``, which does not exist; the
+    scan catches the AttributeError and yields nothing, so scanning plugins print no rows
+    and no error. Checked by feature, so a fixed Volatility is not warned about.
+    """
+    if constants.PARALLELISM == constants.Parallelism.Threading and not hasattr(threading, "Pool"):
+        vollog.warning(
+            "--parallelism threads is broken in this Volatility (its scanner asks the "
+            "threading module for a Pool): every scan returns nothing; use "
+            "--parallelism processes or off"
+        )
 
 
 def describe_content(dump: SavedStateDump) -> str:

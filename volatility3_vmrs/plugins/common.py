@@ -11,8 +11,14 @@ from typing import List
 from volatility3.framework import interfaces
 from volatility3.framework.configuration import requirements
 
-from volatility3_vmrs.layers.vmrs import VmrsLayer, describe_content
+from volatility3_vmrs.layers.vmrs import (
+    VmrsLayer,
+    describe_content,
+    has_header_signature,
+    open_dump,
+)
 from volatility3_vmrs.refusal import PluginRefusal, refuse
+from volatility3_vmrs.savedstate.errors import VmrsError
 from volatility3_vmrs.savedstate.memory import PageReader
 from volatility3_vmrs.savedstate.processors import PartitionState
 from volatility3_vmrs.savedstate.provider import SavedStateDump
@@ -22,6 +28,7 @@ __all__ = [
     "PluginRefusal",
     "VmrsLayer",
     "find_vmrs_layer",
+    "parse_address",
     "primary_requirement",
     "refuse",
     "require_memory",
@@ -49,10 +56,33 @@ def find_vmrs_layer(context: interfaces.context.ContextInterface, layer_name: st
         if isinstance(layer, VmrsLayer):
             return layer
         pending.extend(layer.dependencies)
+    for name in seen:
+        layer = context.layers[name]
+        if not layer.dependencies and has_header_signature(layer):
+            # A HyperVStorage file the stacker could not open: say why, as the last line.
+            try:
+                open_dump(layer).close()
+            except VmrsError as error:
+                refuse(f"the Hyper-V saved state cannot be read: {error}")
+            refuse(f"{layer.name} is a Hyper-V saved state, but no .vmrs layer was stacked on it")
     refuse(
         "this plugin reads Hyper-V saved-state files (.vmrs, .vmcx, .bin); the file given "
-        "is not one, or could not be opened (an error above says why)"
+        "is not one (it has no HyperVStorage header)"
     )
+
+
+def parse_address(text: str, option: str) -> int:
+    """An address given on the command line: hexadecimal, with or without ``0x``.
+
+    Digits may be grouped with ``_`` or a WinDbg backtick (``fffff800`00010000``). A text
+    that is not such a number is refused in one line naming the option.
+    """
+    digits = text.strip().replace("`", "").replace("_", "")
+    if digits[:2].lower() == "0x":
+        digits = digits[2:]
+    if not digits or any(c not in "0123456789abcdefABCDEF" for c in digits):
+        refuse(f"{option} {text!r} is not a hexadecimal address (give it as ffff8000... or 0x...)")
+    return int(digits, 16)
 
 
 def require_memory(dump: SavedStateDump) -> PageReader:

@@ -30,7 +30,7 @@ COLUMNS = [
     ("File output", str),
     ("Size", int),
     ("SHA-256", str),
-    ("VP", str),
+    ("VP", int),
     ("Notes", str),
 ]
 KERNEL_SYMBOLS = ("KdDebuggerDataBlock", "PsActiveProcessHead", "PsLoadedModuleList")
@@ -139,7 +139,7 @@ class Export(interfaces.plugins.PluginInterface):
                 name,
                 result.size,
                 result.sha256 or renderers.NotApplicableValue(),
-                str(result.vp) if result.vp is not None else "-",
+                result.vp if result.vp is not None else renderers.NotApplicableValue(),
                 "; ".join(result.notes) or "-",
             ),
         )

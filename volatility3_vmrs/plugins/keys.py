@@ -1,7 +1,9 @@
 """vmrs.keys: the key tree of the HyperVStorage container behind a .vmrs.
 
-One row per key, depth first in the container's order: path, type, value size in bytes,
-whether the value is stored as a file object, and a short preview of the value.
+One row per key, depth first, siblings in natural order (``RamBlock2`` before
+``RamBlock10``; the container stores them in text order): path, type, value size in
+bytes, whether the value is stored as a file object, a short preview of the value, and
+``Integer``, the value of an integer key as a number (N/A for other types).
 
 ``--path`` limits the listing: when it names a key, that key and its subtree; otherwise
 every key whose path starts with the given text. ``--dump`` writes the value of every
@@ -12,7 +14,8 @@ listed value key (nodes have none) to a file through Volatility's file handler, 
 from __future__ import annotations
 
 import logging
-from typing import Iterator, List, Optional, Tuple
+import re
+from typing import Iterator, List, Optional, Tuple, Union
 
 from volatility3.framework import interfaces, renderers
 from volatility3.framework.configuration import requirements
@@ -33,8 +36,10 @@ COLUMNS = [
     ("Size", int),
     ("File object", bool),
     ("Value", str),
+    ("Integer", int),
     ("File output", str),
 ]
+_DIGITS = re.compile(r"(\d+)")
 
 
 def preview(key: Key) -> str:
@@ -60,15 +65,30 @@ def preview(key: Key) -> str:
     return str(value)
 
 
+def natural_key(name: str) -> Tuple[Tuple[Union[int, str], ...], str]:
+    """Sort key putting digit runs in numeric order: RamBlock2 < RamBlock10."""
+    parts = _DIGITS.split(name)  # text, digits, text, ...: types alternate in step
+    return tuple(int(p) if i % 2 else p.casefold() for i, p in enumerate(parts)), name
+
+
+def natural_walk(tops: List[Key]) -> Iterator[Key]:
+    """Keys depth first from ``tops``, siblings in natural order (no recursion)."""
+    stack = sorted(tops, key=lambda k: natural_key(k.name), reverse=True)
+    while stack:
+        key = stack.pop()
+        yield key
+        stack.extend(sorted(key.children, key=lambda k: natural_key(k.name), reverse=True))
+
+
 def select_keys(storage: HyperVStorage, prefix: Optional[str]) -> Iterator[Key]:
     if not prefix or prefix.strip("/") == "":
-        yield from storage.walk("/")
+        yield from natural_walk(storage.root.children)
         return
     if prefix in storage:
-        yield from storage.walk(prefix)
+        yield from natural_walk([storage.get(prefix)])
         return
     wanted = "/" + prefix.lstrip("/")
-    for key in storage.walk("/"):
+    for key in natural_walk(storage.root.children):
         if key.path.startswith(wanted):
             yield key
 
@@ -112,8 +132,11 @@ class Keys(interfaces.plugins.PluginInterface):
     def _generator(self, storage: HyperVStorage, keys: List[Key]) -> Iterator[Tuple[int, Tuple]]:
         dump = self.config.get("dump", False)
         for key in keys:
+            integer: object = renderers.NotApplicableValue()
             try:
                 value = preview(key)
+                if key.type in (KeyType.INT, KeyType.UINT):
+                    integer = int(key.value)
             except (VmrsError, ValueError) as error:
                 value = f"<unreadable: {error}>"
             output: object = renderers.NotApplicableValue()
@@ -125,7 +148,15 @@ class Keys(interfaces.plugins.PluginInterface):
                     output = renderers.UnreadableValue()
             yield (
                 0,
-                (key.path, key.type.name.title(), key.size, key.is_file_object, value, output),
+                (
+                    key.path,
+                    key.type.name.title(),
+                    key.size,
+                    key.is_file_object,
+                    value,
+                    integer,
+                    output,
+                ),
             )
 
     def run(self) -> interfaces.renderers.TreeGrid:

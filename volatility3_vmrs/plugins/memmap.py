@@ -2,7 +2,8 @@
 
 One row per memory range (RamMemoryBlock, after overlaps are clipped): GPA start and
 end (inclusive), page count, where its first page sits in the saved RAM (the raw
-saved-memory offset), the 1 MiB RamBlocks it spans, and how many of its pages are
+saved-memory offset), the 1 MiB RamBlocks it spans (in words, then as numbers: first,
+last, how many the file lacks), and how many of its pages are
 stored raw, as fills, XPRESS-compressed, missing (RamBlock absent) or bad (stream that
 does not decode). Counting indexes each compressed RamBlock once, row by row as the
 table is rendered, through Volatility's progress callback; ``--quick`` skips it.
@@ -32,6 +33,9 @@ COLUMNS = [
     ("Pages", int),
     ("Saved RAM offset", format_hints.Hex),
     ("RamBlocks", str),
+    ("First RamBlock", int),
+    ("Last RamBlock", int),
+    ("Absent RamBlocks", int),
     ("Raw", int),
     ("Fill", int),
     ("XPRESS", int),
@@ -95,6 +99,9 @@ class Memmap(interfaces.plugins.PluginInterface):
                 memory_range.page_count,
                 format_hints.Hex(memory_range.mbp_start * PAGE_SIZE),
                 block_span(memory.map, memory_range),
+                memory_range.first_block,
+                memory_range.last_block,
+                memory.map.missing_blocks(memory_range).count,
                 *kinds,
                 ", ".join(memory_range.flag_names),
             )

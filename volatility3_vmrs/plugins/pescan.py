@@ -4,9 +4,10 @@ Every page-aligned ``MZ`` with a valid PE header in the same page is a hit (see
 :mod:`volatility3_vmrs.savedstate.pescan` for the checks). Each image is read at its
 mapped layout (sections at their RVAs) and parsed with pefile: machine, image size,
 link timestamp, subsystem, the CodeView record (PDB name, GUID, age) and the version
-resource's OriginalFilename. Pages that cannot be read - holes, missing RamBlocks, or
-pages not present in the VP's page tables - read as zeros and are left out of
-``Pages read``; what lies in them is simply not reported.
+resource's OriginalFilename (a link time of zero is shown as absent, not as 1970).
+Pages that cannot be read - holes, missing RamBlocks, or pages not present in the VP's
+page tables - read as zeros and are left out of ``Pages read``; what lies in them is
+simply not reported.
 
 Guest-physical memory is always scanned. ``--virtual`` also scans the kernel half of a
 virtual processor's address space (``--vp``, default: the VP whose CR3 the layer uses).
@@ -36,7 +37,7 @@ COLUMNS = [
     ("Space", str),
     ("Address", format_hints.Hex),
     ("Machine", str),
-    ("Image size", format_hints.Hex),
+    ("Image size", int),
     ("Timestamp", int),
     ("Link time", datetime.datetime),
     ("Subsystem", str),
@@ -63,9 +64,10 @@ def _row(space: str, image: pescan.PeImage) -> Tuple:
         space,
         format_hints.Hex(image.address),
         image.machine_name,
-        format_hints.Hex(image.image_size),
+        image.image_size,
         image.timestamp,
-        image.timestamp_datetime,
+        # A zero link time means "not set" (reproducible builds, stripped headers), not 1970.
+        image.timestamp_datetime if image.timestamp else renderers.NotAvailableValue(),
         image.subsystem_name,
         text(image.pdb_name),
         text(image.pdb_guid),

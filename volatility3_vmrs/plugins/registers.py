@@ -4,7 +4,9 @@ One row per VP, VTL and register, for every member of the dump provider's legacy
 ``REGISTER_ID_X64`` enum (``REGISTER_ID_X86`` for a VP in 32-bit mode), named without
 the ``X64_Register`` / ``X86_Register`` prefix (``Rip``, ``Cr3``, ``LowXmm0``, ``SegCs``).
 ``Value`` is what the DLL's GetRegisterValue returns for that id; segment registers,
-TR and LDTR also carry their whole hidden part (base, limit, attributes) decoded.
+TR and LDTR also carry their whole hidden part (base, limit, attributes) decoded. Then
+come the registers the reader decodes beyond the legacy enum: ``FpMmx0``-``FpMmx7``,
+``Xcr0`` and ``KernelGsBase`` (see :mod:`volatility3_vmrs.register_names`).
 
 ``--register`` takes names case-insensitively: the short name (``rip``), the enum name
 (``X64_RegisterRip``), a segment without ``Seg`` (``cs``) and a 128-bit register
@@ -26,6 +28,7 @@ from volatility3_vmrs.register_names import (
     enum_for,
     register_members,
     register_sets,
+    register_value,
     select_members,
     short_name,
     unknown_names,
@@ -104,7 +107,7 @@ class Registers(interfaces.plugins.PluginInterface):
         name = short_name(member)
         absent = renderers.NotApplicableValue()
         try:
-            value = format_hints.Hex(registers.get(member))
+            value = format_hints.Hex(register_value(registers, member))
         except VmrsError as error:
             unreadable = renderers.UnreadableValue()
             return name, unreadable, absent, absent, absent, absent, str(error)

@@ -4,7 +4,12 @@ The walk uses the VP's saved CR3 and paging mode (32-bit, PAE, 4-level or 5-leve
 mode) and reads the paging structures from saved guest memory. Rows: CR3 and the page-
 table root it gives, then one row per paging level (entry address, raw entry, decoded
 flags, and the next table or the page it maps), then the result: the guest-physical
-address, or the level whose entry was not present (or which table was not saved).
+address, or the level whose entry was not present (or which table was not saved), or,
+for a long-mode address outside the canonical halves, no walk at all: bits 63:47 (4-level
+paging) or 63:56 (5-level) must all equal bit 47 (56), and the result row says so.
+
+``--address`` is hexadecimal, with or without ``0x`` (``fffff80000010000``,
+``0xfffff800`00010000``); the pack parses it, so a bad one is refused in one line.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from volatility3_vmrs.layers.vmrs import choose_vp
 from volatility3_vmrs.savedstate.errors import InvalidArgumentError, MemoryReadError, VmrsError
 from volatility3_vmrs.savedstate.paging import (
     FRAME_MASK_64,
+    NON_CANONICAL,
     PageFlags,
     PageNotPresentError,
     PagingStep,
@@ -28,7 +34,14 @@ from volatility3_vmrs.savedstate.paging import (
 )
 from volatility3_vmrs.savedstate.types import PAGING_MODE
 
-from .common import find_vmrs_layer, primary_requirement, refuse, require_memory, require_processors
+from .common import (
+    find_vmrs_layer,
+    parse_address,
+    primary_requirement,
+    refuse,
+    require_memory,
+    require_processors,
+)
 
 vollog = logging.getLogger(__name__)
 
@@ -75,9 +88,10 @@ class Vtop(interfaces.plugins.PluginInterface):
             primary_requirement(),
             # Required, but declared optional so that a configuration saved with
             # --save-config can supply it (argparse would insist on the option).
-            requirements.IntRequirement(
+            # A string the pack parses: Volatility's own int option wants a 0x prefix.
+            requirements.StringRequirement(
                 name="address",
-                description="Guest-virtual address to translate (required)",
+                description="Guest-virtual address to translate, hex with or without 0x (required)",
                 optional=True,
             ),
             requirements.IntRequirement(
@@ -112,8 +126,11 @@ class Vtop(interfaces.plugins.PluginInterface):
         except PageNotPresentError as error:
             for step in error.steps:
                 yield (*head, *cls._step(step, mode))
-            where = error.level if error.level == "canonical" else f"{error.level} not present"
-            yield (*head, "GPA", na, na, "", na, f"{address:#x} not mapped: {where}")
+            if error.level == NON_CANONICAL:
+                result = f"not mapped: {error}"
+            else:
+                result = f"{address:#x} not mapped: {error.level} not present"
+            yield (*head, "GPA", na, na, "", na, result)
             return
         except MemoryReadError as error:
             yield (*head, "GPA", na, na, "", na, f"paging structure not readable: {error}")
@@ -172,8 +189,11 @@ class Vtop(interfaces.plugins.PluginInterface):
             refuse(f"no virtual processor {vp} (the file has {dump.vp_indices})")
         vtl = self.config.get("vtl")
         vtl = 0 if vtl is None else vtl
-        address = self.config.get("address")
-        if address is None:
+        given = self.config.get("address")
+        if given is None:
             refuse("--address is required: the guest-virtual address to translate")
+        # A configuration saved before the option became a string holds an int.
+        address = given if isinstance(given, int) else parse_address(str(given), "--address")
+        vollog.debug(f"translating {address:#x} with VP {vp} VTL {vtl}")
         rows = list(self.rows(dump, vp, vtl, address))
         return renderers.TreeGrid(COLUMNS, ((0, row) for row in rows))

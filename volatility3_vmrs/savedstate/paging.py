@@ -14,7 +14,8 @@ Rules:
 * A non-present entry raises :class:`PageNotPresentError` (a ``VaNotMappedError``) with
   ``level`` (its name), ``unmapped_size`` (the size of the region that entry maps, the
   DLL's unmappedRegionSize) and ``steps`` (the entries read so far, the failing one
-  last). A non-canonical long-mode address raises it with level ``"canonical"``.
+  last). A non-canonical long-mode address raises it with level :data:`NON_CANONICAL`
+  (bits 63 down to 47, or to 56 with 5-level paging, must all equal that top bit).
 * A failing read of a paging structure propagates the caller's exception unchanged; a
   short read raises :class:`~.errors.MemoryReadError`.
 """
@@ -32,8 +33,10 @@ ReadFunction = Callable[[int, int], bytes]
 PHYSICAL_ADDRESS_BITS = 52  # MAXPHYADDR of x64
 PHYSICAL_ADDRESS_MASK = (1 << PHYSICAL_ADDRESS_BITS) - 1
 FRAME_MASK_64 = PHYSICAL_ADDRESS_MASK & ~0xFFF  # bits 51:12 of a 64-bit entry
+NON_CANONICAL = "non-canonical"  # PageNotPresentError.level of an address in the hole
 
 __all__ = [
+    "NON_CANONICAL",
     "PageFlags",
     "PageNotPresentError",
     "PagingStep",
@@ -256,9 +259,11 @@ def _check_canonical(va: int, width: int) -> None:
     # The non-canonical hole: from 2^(w-1) up to the first canonical high address.
     hole_start = 1 << (width - 1)
     hole_size = (1 << 64) - (1 << width)
+    top_bit = width - 1
     raise PageNotPresentError(
-        f"{va:#x} is not canonical ({width}-bit virtual addresses)",
-        level="canonical",
+        f"{va:#x} is not canonical: bits 63:{top_bit} must all equal bit {top_bit} "
+        f"({width}-bit virtual addresses, {5 if width == 57 else 4}-level paging)",
+        level=NON_CANONICAL,
         unmapped_size=hole_size,
         va=va,
         region_start=hole_start,

@@ -12,7 +12,7 @@ import bisect
 import io
 import os
 import threading
-from typing import BinaryIO, List, Optional, Tuple, Union
+from typing import BinaryIO, Iterator, List, Optional, Tuple, Union
 
 from .errors import TruncatedError, VmrsError
 
@@ -108,6 +108,19 @@ class ReadOnlySource:
             if lo < hi:
                 data[lo - offset : hi - offset] = patch[lo - start : hi - start]
         return bytes(data)
+
+    def stored_chunks(self, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """The file's bytes as stored (no replay-log overlay), ``chunk_size`` at a time.
+
+        For fingerprints: memory use is one chunk, whatever the file's size.
+        """
+        if chunk_size <= 0:
+            raise ValueError("chunk size must be positive")
+        for offset in range(0, self.file_size, chunk_size):
+            chunk = self._read_file(offset, chunk_size)
+            if not chunk:
+                return
+            yield chunk
 
     def read_exact(
         self, offset: int, size: int, structure: str, key_path: Optional[str] = None

@@ -49,6 +49,7 @@ the current code checks both, so prefer a recent libfwnt-python.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Callable, Optional, Union
 
@@ -63,6 +64,8 @@ __all__ = [
     "decompress_pure",
     "set_backend",
 ]
+
+_log = logging.getLogger(__name__)
 
 # The largest output the saved-state format ever asks for is one whole RamBlock (1 MiB);
 # anything larger is a corrupt length field, and refusing it keeps a bad u32 from making
@@ -260,13 +263,30 @@ def set_backend(name: str) -> str:
     ``name`` is ``"pyfwnt"`` or ``"python"``; asking for pyfwnt when it did not import
     raises ValueError.
     """
-    global BACKEND, _active
+    global BACKEND, _active, _fallback_logged
     if name not in _BACKENDS:
         raise ValueError(f"XPRESS backend {name!r} not available (have {AVAILABLE_BACKENDS})")
     previous = BACKEND
     BACKEND = name
     _active = _BACKENDS[name]
+    _fallback_logged = False
     return previous
+
+
+_fallback_logged = False
+
+
+def _log_fallback() -> None:
+    """Say once (per backend switch) that pages are decoded by the slow pure decoder."""
+    global _fallback_logged
+    _fallback_logged = True
+    if _pyfwnt_decompress is None:
+        _log.warning(
+            "XPRESS pages are decoded by the pure-Python fallback, many times slower than "
+            "libfwnt-python, which could not be imported (pip install libfwnt-python)"
+        )
+    else:
+        _log.info("XPRESS pages are decoded by the pure-Python decoder (asked for)")
 
 
 _forced = os.environ.get("VMRS_XPRESS_BACKEND")
@@ -285,4 +305,6 @@ def decompress(data: BytesLike, out_size: int) -> bytes:
         raise XpressError(f"output size {out_size} outside 0 … {MAX_OUT_SIZE}")
     if out_size == 0:
         return b""
+    if not _fallback_logged and BACKEND == "python":
+        _log_fallback()
     return _active(_as_bytes(data), out_size)
