@@ -125,7 +125,7 @@ class Info(interfaces.plugins.PluginInterface):
         ]
 
     def _sha256(self, layer: VmrsLayer) -> str:
-        source = layer.dump.storage.source
+        source = layer.dump.source
         digest = hashlib.sha256()
         done = 0
         for chunk in source.stored_chunks(HASH_CHUNK):
@@ -136,7 +136,7 @@ class Info(interfaces.plugins.PluginInterface):
 
     def _file_rows(self, layer: VmrsLayer) -> Iterator[Row]:
         dump = layer.dump
-        size = dump.storage.source.file_size
+        size = dump.source.file_size
         yield _row("File", dump.name)
         yield _row("File size", _size_text(size), size)
         if self.config.get("sha256", False):

@@ -232,6 +232,11 @@ class SavedStateDump:
         """What kind of file this is, in words (for ``vmrs.info``)."""
         return FORMAT_LEGACY if self.legacy is not None else FORMAT_VMRS
 
+    @property
+    def source(self) -> ReadOnlySource:
+        """The evidence file, read-only: the ``.bin`` of a legacy pair, else the container."""
+        return self._bin_source if self.legacy is not None else self.storage.source
+
     def close(self) -> None:
         if self.legacy is not None:
             self.legacy.close()
