@@ -431,3 +431,32 @@ def test_crash_dump_of_the_guest_is_read_by_volatility_and_kdmp_parser(
         ["-s", str(SYMBOL_DIR), "-f", str(dump_path), "windows.pslist"], cache=vol_cache
     )
     assert process_rows(rows) == expected_process_rows(processes(guest, listed_only=True))
+
+
+# --- the same memory as a legacy .bin (issue "[legacy]"): no registers at all ----------
+def test_the_memory_as_a_legacy_bin_runs_through_volatilitys_own_dtb_search(
+    vol_cache: Path, tmp_path: Path
+) -> None:
+    from tests.support.legacy_writer import Entry, block_name, build_bin
+    from tests.support.savedstate_writer import encode_block
+
+    mib = 1 << 20
+    ranges, truth = V.memory_image()
+    entries = []
+    for gpa, data in ranges:
+        assert gpa % mib == 0
+        for start in range(0, len(data), mib):
+            block = data[start : start + mib].ljust(mib, b"\0")
+            entries.append(Entry(block_name((gpa + start) // mib), encode_block(block)[0]))
+    path = tmp_path / "windows-19041.bin"
+    path.write_bytes(build_bin(entries))
+    listed = [p for p in truth["processes"] if p["listed"]]
+    rows = vol_json(["-s", str(SYMBOL_DIR), "-f", str(path), "windows.pslist"], cache=vol_cache)
+    assert process_rows(rows) == expected_process_rows(listed)
+    info = {
+        row["Variable"]: row["Value"]
+        for row in vol_json(
+            ["-s", str(SYMBOL_DIR), "-f", str(path), "windows.info"], cache=vol_cache
+        )
+    }
+    assert int(info["Kernel Base"], 16) == KERNEL_BASE & 0xFFFF_FFFF_FFFF  # shown 48-bit
