@@ -54,7 +54,7 @@ def btf_size(header: bytes) -> Optional[int]:
 
 def _looks_like_btf(data: bytes) -> bool:
     """First type record and the string section of a candidate blob are plausible."""
-    _m, _v, _f, hdr_len, _to, type_len, str_off, _sl = BTF_HEADER.unpack_from(data)
+    _m, _v, _f, hdr_len, _to, _tl, str_off, _sl = BTF_HEADER.unpack_from(data)
     strings_at = hdr_len + str_off
     if data[strings_at : strings_at + 1] != b"\0":  # string offset 0 is the empty name
         return False

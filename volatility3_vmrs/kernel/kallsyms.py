@@ -95,7 +95,7 @@ def token_table_at(buf: bytes, hit: int) -> Optional[Tuple[int, int, List[bytes]
 def _markers(buf: bytes, pos: int, count: int, width: int) -> Optional[List[int]]:
     if pos < 0 or pos + width * count > len(buf):
         return None
-    fmt = "<%d%s" % (count, "I" if width == 4 else "Q")
+    fmt = f"<{count}{'I' if width == 4 else 'Q'}"
     values = list(struct.unpack_from(fmt, buf, pos))
     if values[0] != 0:
         return None
@@ -198,7 +198,7 @@ def _decode_addresses(
         base = _u64(buf, base_pos)
         if base < KERNEL_TEXT_MIN:
             return None
-        offsets = struct.unpack_from("<%di" % n, buf, offsets_pos)
+        offsets = struct.unpack_from(f"<{n}i", buf, offsets_pos)
         absolute_percpu = any(off < 0 for off in offsets)
         if absolute_percpu:
             values = [(off, True) if off >= 0 else (base - 1 - off, False) for off in offsets]
@@ -214,7 +214,7 @@ def _decode_addresses(
     else:
         if offsets_pos + 8 * n > len(buf):
             return None
-        raw = struct.unpack_from("<%dQ" % n, buf, offsets_pos)
+        raw = struct.unpack_from(f"<{n}Q", buf, offsets_pos)
         values = [(v, v < KERNEL_TEXT_MIN) for v in raw]
         positions["kallsyms_addresses"] = offsets_pos
         result = (values, False, None)
@@ -288,5 +288,7 @@ def find_kallsyms(buf: bytes, hit: int) -> Optional[KallsymsTables]:
         return None
     values, absolute_percpu, base = found
     names = _decode_names(buf, positions["kallsyms_names"], n, tokens)
-    symbols = [(name, typ, value, absolute) for (name, typ), (value, absolute) in zip(names, values)]
+    symbols = [
+        (name, typ, value, absolute) for (name, typ), (value, absolute) in zip(names, values)
+    ]
     return KallsymsTables(positions, n, absolute_percpu, base, symbols)

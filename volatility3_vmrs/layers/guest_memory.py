@@ -49,9 +49,7 @@ def open_physical(context: interfaces.context.ContextInterface, location: str) -
 def _ranges(layer: interfaces.layers.DataLayerInterface) -> List[Tuple[int, int]]:
     if isinstance(layer, VmrsLayer):
         page, chunks = layer.dump.memory_chunks()
-        return [
-            (c.GuestPhysicalStartPageIndex * page, c.PageCount * page) for c in chunks
-        ]
+        return [(c.GuestPhysicalStartPageIndex * page, c.PageCount * page) for c in chunks]
     if isinstance(layer, interfaces.layers.TranslationLayerInterface):
         span = layer.maximum_address - layer.minimum_address + 1
         return [
