@@ -83,7 +83,7 @@ def token_table_at(buf: bytes, hit: int) -> Optional[Tuple[int, int, List[bytes]
         if pos - table != offsets[code]:
             return None
         end = buf.find(b"\0", pos, pos + 256)
-        if end <= pos:
+        if end < 0:  # a code no symbol uses has an empty token
             return None
         tokens.append(buf[pos:end])
         pos = end + 1
@@ -186,38 +186,39 @@ def _find_case_seqs(buf: bytes, table: int) -> Optional[Dict[str, int]]:
     return None
 
 
+AddressTables = Tuple[List[Tuple[int, bool]], bool, Optional[int], Dict[str, int]]
+
+
 def _decode_addresses(
-    buf: bytes, positions: Dict[str, int], n: int, base_pos: Optional[int], offsets_pos: int
-) -> Optional[Tuple[List[Tuple[int, bool]], bool, Optional[int]]]:
-    """[(value, absolute)] of every symbol, if sorted; relative_base or addresses table."""
-    if offsets_pos < 0:
+    buf: bytes, n: int, base_pos: Optional[int], table_pos: int
+) -> Optional[AddressTables]:
+    """([(value, absolute)], absolute_percpu, relative_base, positions) if sorted.
+
+    With ``base_pos``: ``kallsyms_offsets`` at ``table_pos`` and ``kallsyms_relative_base``
+    at ``base_pos``; without: absolute ``kallsyms_addresses`` at ``table_pos``.
+    """
+    if table_pos < 0:
         return None
     if base_pos is not None:
-        if base_pos + 8 > len(buf) or offsets_pos + 4 * n > len(buf):
+        if base_pos + 8 > len(buf) or table_pos + 4 * n > len(buf):
             return None
         base = _u64(buf, base_pos)
         if base < KERNEL_TEXT_MIN:
             return None
-        offsets = struct.unpack_from(f"<{n}i", buf, offsets_pos)
+        offsets = struct.unpack_from(f"<{n}i", buf, table_pos)
         absolute_percpu = any(off < 0 for off in offsets)
         if absolute_percpu:
             values = [(off, True) if off >= 0 else (base - 1 - off, False) for off in offsets]
         else:
             values = [(base + (off & 0xFFFFFFFF), False) for off in offsets]
-        positions["kallsyms_offsets"] = offsets_pos
-        positions["kallsyms_relative_base"] = base_pos
-        result: Tuple[List[Tuple[int, bool]], bool, Optional[int]] = (
-            values,
-            absolute_percpu,
-            base,
-        )
+        positions = {"kallsyms_offsets": table_pos, "kallsyms_relative_base": base_pos}
+        result: AddressTables = (values, absolute_percpu, base, positions)
     else:
-        if offsets_pos + 8 * n > len(buf):
+        if table_pos + 8 * n > len(buf):
             return None
-        raw = struct.unpack_from(f"<{n}Q", buf, offsets_pos)
+        raw = struct.unpack_from(f"<{n}Q", buf, table_pos)
         values = [(v, v < KERNEL_TEXT_MIN) for v in raw]
-        positions["kallsyms_addresses"] = offsets_pos
-        result = (values, False, None)
+        result = (values, False, None, {"kallsyms_addresses": table_pos})
     relative = [v for v, absolute in result[0] if not absolute]
     if not relative or any(a > b for a, b in zip(relative, relative[1:])):
         return None
@@ -228,19 +229,24 @@ def _decode_addresses(
 
 def _addresses(
     buf: bytes, positions: Dict[str, int], n: int, after_index: bool
-) -> Optional[Tuple[List[Tuple[int, bool]], bool, Optional[int]]]:
+) -> Optional[AddressTables]:
+    """The address tables before ``kallsyms_num_syms`` (up to 6.3) or after the index (6.4+)."""
     q = positions["kallsyms_num_syms"]
     if after_index:  # 6.4+: offsets, relative_base, seqs after the token index
         start = _align8(positions["kallsyms_token_index"] + 512)
-        found = _decode_addresses(buf, positions, n, _align8(start + 4 * n), start)
+        base_pos = _align8(start + 4 * n)
+        found = _decode_addresses(buf, n, base_pos, start)
         if found is not None:
-            positions["kallsyms_seqs_of_names"] = _align8(start + 4 * n) + 8
+            found[3]["kallsyms_seqs_of_names"] = base_pos + 8
             return found
-        return _decode_addresses(buf, positions, n, None, start)
-    found = _decode_addresses(buf, positions, n, q - 8, q - 8 - _align8(4 * n))
+        found = _decode_addresses(buf, n, None, start)
+        if found is not None:
+            found[3]["kallsyms_seqs_of_names"] = start + 8 * n
+        return found
+    found = _decode_addresses(buf, n, q - 8, q - 8 - _align8(4 * n))
     if found is not None:
         return found
-    return _decode_addresses(buf, positions, n, None, q - 8 * n)
+    return _decode_addresses(buf, n, None, q - 8 * n)
 
 
 def _decode_names(buf: bytes, start: int, n: int, tokens: List[bytes]) -> List[Tuple[str, str]]:
@@ -286,7 +292,8 @@ def find_kallsyms(buf: bytes, hit: int) -> Optional[KallsymsTables]:
         found = _addresses(buf, positions, n, after_index=True)
     if found is None:
         return None
-    values, absolute_percpu, base = found
+    values, absolute_percpu, base, address_positions = found
+    positions.update(address_positions)
     names = _decode_names(buf, positions["kallsyms_names"], n, tokens)
     symbols = [
         (name, typ, value, absolute) for (name, typ), (value, absolute) in zip(names, values)
