@@ -24,6 +24,8 @@ ARGUMENTS: Dict[str, Dict[str, Any]] = {
     "linux.pagecache.InodePages": {"find": "/init"},
     "linux.module_extract.ModuleExtract": {"base": 0xFFFFFFFFC0000000},
     "linux.vmaregexscan.VmaRegExScan": {"pattern": "vmrs_alpha"},
+    # all of the kernel's 87k symbols take minutes; pscallstack uses the same tables
+    "linux.kallsyms.Kallsyms": {"modules": True},
 }
 # What an ISF problem looks like when a plugin fails on it.
 SYMBOL_ERROR_WORDS = (
@@ -40,8 +42,8 @@ SYMBOL_ERROR_WORDS = (
 )
 
 
-class _Timeout(Exception):
-    pass
+class _Timeout(BaseException):
+    """Not an Exception: plugins that catch Exception per item must not swallow it."""
 
 
 def _alarm(_signum: int, _frame: Any) -> None:
