@@ -9,17 +9,39 @@ smaller; the largest sane blob is the kernel's.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from typing import List, Optional
 
 from volatility3_vmrs.kernel.memory import PhysicalMemory
+from volatility3_vmrs.savedstate.structs import Layout
 
-BTF_HEADER = struct.Struct("<HBBIIIII")
+BTF_HEADER = Layout(
+    "struct btf_header",
+    (
+        ("magic", "H"),
+        ("version", "B"),
+        ("flags", "B"),
+        ("hdr_len", "I"),
+        ("type_off", "I"),
+        ("type_len", "I"),
+        ("str_off", "I"),
+        ("str_len", "I"),
+    ),
+)
+BTF_TYPE = Layout("struct btf_type", (("name_off", "I"), ("info", "I"), ("size_type", "I")))
 BTF_MAGIC = 0xEB9F
-BTF_HEADER_LEN = 24
+BTF_HEADER_LEN = BTF_HEADER.size
 # magic, version 1, flags 0, hdr_len 24, type_off 0: what every kernel's blob starts with
-BTF_NEEDLE = struct.pack("<HBBII", BTF_MAGIC, 1, 0, BTF_HEADER_LEN, 0)
+BTF_NEEDLE = BTF_HEADER.pack(
+    magic=BTF_MAGIC,
+    version=1,
+    flags=0,
+    hdr_len=BTF_HEADER_LEN,
+    type_off=0,
+    type_len=0,
+    str_off=0,
+    str_len=0,
+)[:12]
 MAX_BTF_SIZE = 128 << 20
 MIN_VMLINUX_BTF_SIZE = 64 << 10
 BTF_KIND_MAX = 19
@@ -37,16 +59,14 @@ def btf_size(header: bytes) -> Optional[int]:
     """Total blob size if ``header`` (24+ bytes) is a sane vmlinux BTF header, else None."""
     if len(header) < BTF_HEADER.size:
         return None
-    magic, version, flags, hdr_len, type_off, type_len, str_off, str_len = BTF_HEADER.unpack_from(
-        header
-    )
-    if (magic, version, flags, hdr_len, type_off) != (BTF_MAGIC, 1, 0, BTF_HEADER_LEN, 0):
+    h = BTF_HEADER.unpack(header)
+    if (h.magic, h.version, h.flags, h.hdr_len, h.type_off) != (BTF_MAGIC, 1, 0, BTF_HEADER_LEN, 0):
         return None
-    if not 12 <= type_len <= MAX_BTF_SIZE or not 1 <= str_len <= MAX_BTF_SIZE:
+    if not BTF_TYPE.size <= h.type_len <= MAX_BTF_SIZE or not 1 <= h.str_len <= MAX_BTF_SIZE:
         return None
-    if str_off != type_len:  # pahole writes the type section, then the strings
+    if h.str_off != h.type_len:  # pahole writes the type section, then the strings
         return None
-    total = hdr_len + str_off + str_len
+    total = h.hdr_len + h.str_off + h.str_len
     if not MIN_VMLINUX_BTF_SIZE <= total <= MAX_BTF_SIZE:
         return None
     return total
@@ -54,12 +74,11 @@ def btf_size(header: bytes) -> Optional[int]:
 
 def _looks_like_btf(data: bytes) -> bool:
     """First type record and the string section of a candidate blob are plausible."""
-    _m, _v, _f, hdr_len, _to, _tl, str_off, _sl = BTF_HEADER.unpack_from(data)
-    strings_at = hdr_len + str_off
+    header = BTF_HEADER.unpack(data)
+    strings_at = header.hdr_len + header.str_off
     if data[strings_at : strings_at + 1] != b"\0":  # string offset 0 is the empty name
         return False
-    _name, info, _size = struct.unpack_from("<III", data, hdr_len)
-    kind = (info >> 24) & 0x1F
+    kind = (BTF_TYPE.unpack(data, header.hdr_len).info >> 24) & 0x1F
     return 1 <= kind <= BTF_KIND_MAX and data[-1:] == b"\0"
 
 

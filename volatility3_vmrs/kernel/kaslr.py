@@ -14,6 +14,21 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from volatility3_vmrs.kernel.memory import ReadFunction
+from volatility3_vmrs.savedstate.structs import Layout
+
+# x86_64 interrupt gate descriptor (Intel SDM vol. 3, 6.14.1)
+IDT_GATE = Layout(
+    "x86_64 IDT gate",
+    (
+        ("offset_low", "H"),
+        ("selector", "H"),
+        ("ist", "B"),
+        ("attributes", "B"),
+        ("offset_middle", "H"),
+        ("offset_high", "I"),
+        ("_reserved", "I"),
+    ),
+)
 
 ADDRESS_MASK = 0x000F_FFFF_FFFF_F000
 PRESENT, LARGE = 0x1, 0x80
@@ -51,11 +66,10 @@ def _idt_handler(read: ReadFunction, cr3: int, idtr_base: int) -> Optional[int]:
     gpa = translate(read, cr3, idtr_base)
     if gpa is None:
         return None
-    gate = read(gpa, 16)
-    low, selector, _ist, _attr, mid, high = struct.unpack("<HHBBHI", gate[:12])
-    if not selector:
+    gate = IDT_GATE.unpack(read(gpa, IDT_GATE.size))
+    if not gate.selector:
         return None
-    return low | (mid << 16) | (high << 32)
+    return gate.offset_low | (gate.offset_middle << 16) | (gate.offset_high << 32)
 
 
 def runtime_anchors(read: ReadFunction, vp: VpState) -> List[Tuple[str, Tuple[str, ...], int]]:
