@@ -474,6 +474,9 @@ def test_committed_isf_content(committed_isf):
     assert syms["taint_flags"]["type"]["count"] == 19
     assert syms["__per_cpu_offset"]["type"]["count"] == 8192
     assert "current_task" in syms and syms["current_task"]["type"]["kind"] == "pointer"
+    # functions BTF names are typed (object_from_symbol on them: linux.sockscan)
+    assert syms["sock_def_destruct"]["type"] == {"kind": "function"}
+    assert "type" not in syms["_text"] or syms["_text"]["type"]["kind"] == "array"
     task = committed_isf["user_types"]["task_struct"]["fields"]
     for member in ("pid", "tgid", "comm", "tasks", "mm", "active_mm", "real_parent", "files"):
         assert member in task, member

@@ -39,6 +39,7 @@ SYMBOL_ERROR_WORDS = (
     "SymbolError",
     "SymbolSpaceError",
     "Unsatisfied",
+    "no associated type",
 )
 
 
@@ -77,7 +78,7 @@ def main(image: str, symbols_dir: str, cache_dir: str, timeout: int = 240) -> Di
 
         def close(self) -> None:
             (out_dir / Path(self.preferred_filename).name).write_bytes(self.getvalue())
-            super().close()
+            io.BytesIO.close(self)
 
     plugin_list = framework.list_plugins()
     context = contexts.Context()

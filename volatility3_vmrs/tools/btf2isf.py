@@ -1015,10 +1015,15 @@ def build_isf(
     builder.build()
     extents = symbol_extents(symbols)
     var_types = builder.percpu_var_types()
+    # BTF names every non-inlined function (BTF_KIND_FUNC): typing its symbol lets
+    # object_from_symbol() work on it (linux.sockscan scans for sk_destruct handlers)
+    functions = {t.name for t in btf.types[1:] if t is not None and t.kind == "FUNC"}
     out_symbols: Dict[str, Dict[str, Any]] = {}
     for name in sorted(symbols):
         entry: Dict[str, Any] = {"address": symbols[name]}
         desc = var_types.get(name)
+        if desc is None and name in functions:
+            desc = {"kind": "function"}
         if name in global_types:
             extent = extents.get(name)
             if name == "linux_banner" and banner is not None:
