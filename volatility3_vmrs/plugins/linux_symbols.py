@@ -24,7 +24,6 @@ import time
 from typing import Any, Dict, List
 
 import fastjsonschema
-
 from volatility3 import schemas, symbols
 from volatility3.framework import constants, interfaces
 from volatility3.framework.automagic import stacker, symbol_cache
