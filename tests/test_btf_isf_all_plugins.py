@@ -24,6 +24,10 @@ KNOWN = {
     # volatility3 2.28 bug: with PREL32 ksymtab entries kernel_symbol._do_get_name hands
     # an int to pointer_to_string (TypeError); `linux.kallsyms --core` works.
     "linux.kallsyms.Kallsyms": "TypeError",
+    # volatility3 2.28: LinuxUtilities.container_of returns None for a candidate whose
+    # socket_alloc is not mapped, and sockscan dereferences it (found by the scan of this
+    # guest's memory; no ISF lookup is involved).
+    "linux.sockscan.Sockscan": "'NoneType' object has no attribute 'socket'",
 }
 
 

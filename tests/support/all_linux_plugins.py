@@ -116,7 +116,10 @@ def main(image: str, symbols_dir: str, cache_dir: str, timeout: int = 240) -> Di
             entry.update(status="error", error=text[-600:])
             entry["symbol_error"] = isinstance(
                 error, (exceptions.SymbolError, exceptions.SymbolSpaceError)
-            ) or any(word in text for word in SYMBOL_ERROR_WORDS)
+            ) or (
+                any(word in text for word in SYMBOL_ERROR_WORDS)
+                and "'NoneType' object has no attribute" not in text  # a plugin's own None
+            )
         finally:
             signal.alarm(0)
         entry["seconds"] = round(time.perf_counter() - started, 2)
