@@ -202,3 +202,28 @@ def test_kallsyms_rejects_a_damaged_marker():
     at = written.positions["kallsyms_markers"] + 4
     data[at : at + 4] = struct.pack("<I", struct.unpack_from("<I", data, at)[0] + 1)
     assert find_kallsyms(bytes(data), data.find(TOKEN_NEEDLE)) is None
+
+
+def test_isf_made_is_recorded_as_validated_for_volatility(tmp_path, monkeypatch):
+    """The automagic checks its ISF with fastjsonschema and notes it in volatility3's cache,
+    so volatility3 does not validate it again (tens of seconds) - for the ISF as written."""
+    import json
+
+    from volatility3 import schemas
+
+    from tests.test_btf2isf import BtfBlob
+    from volatility3_vmrs.plugins.linux_symbols import record_validated
+
+    monkeypatch.setattr(schemas, "cached_validation_filepath", str(tmp_path / "hashcache"))
+    monkeypatch.setattr(schemas, "cached_validations", set())
+    blob = BtfBlob()
+    blob.int_("char", 1, signed=True, char=True)
+    symbols = {"_text": 0xFFFFFFFF81000000, "init_task": 0xFFFFFFFF82000000}
+    isf = btf2isf.build_isf(blob.bytes(), symbols, b"Linux version 9.9.9 (x) #1\n")
+    as_written = json.loads(btf2isf.dumps(isf))
+    record_validated(isf)
+    assert isf == as_written  # validation left it as it is
+    assert schemas.validate(as_written)
+    schema_file = Path(schemas.__file__).with_name("schema-6.2.0.json")
+    digest = schemas.create_json_hash(as_written, json.loads(schema_file.read_text()))
+    assert digest in json.loads((tmp_path / "hashcache").read_text())

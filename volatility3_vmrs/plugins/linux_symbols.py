@@ -60,8 +60,9 @@ def record_validated(isf: Dict[str, Any]) -> None:
     name = f"schema-{isf['metadata']['format']}.json"
     with open(os.path.join(os.path.dirname(schemas.__file__), name), encoding="utf-8") as f:
         schema = json.load(f)
-    fastjsonschema.compile(schema)(isf)
-    schemas.cached_validations.add(schemas.create_json_hash(isf, schema))
+    digest = schemas.create_json_hash(isf, schema)  # of the ISF as written
+    fastjsonschema.compile(schema, use_default=False)(isf)  # (defaults would alter it)
+    schemas.cached_validations.add(digest)
     schemas.record_cached_validations(schemas.cached_validations)
 
 
