@@ -46,6 +46,19 @@ def linux_guest_elf(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def linux_guest_vmrs(linux_guest_elf, tmp_path_factory) -> dict:
+    """The real guest as .vmrs files, one per ``tests.support.linux_guest.VARIANTS``."""
+    from tests.support.linux_guest import VARIANTS, build_vmrs
+
+    directory = tmp_path_factory.mktemp("linux_vmrs")
+    files = {}
+    for variant in VARIANTS:
+        files[variant] = directory / f"guest-{variant}.vmrs"
+        build_vmrs(linux_guest_elf, files[variant], variant)
+    return files
+
+
+@pytest.fixture(scope="session")
 def linux_guest_symbols() -> Path:
     """The repo's symbols directory (``-s`` for vol), holding linux/<release>.json.xz."""
     return REPO_ROOT / "symbols"

@@ -396,6 +396,7 @@ def test_cli_from_vmlinux_with_system_map(tmp_path):
     (tmp_path / "vmlinux").write_bytes(_tiny_elf({".rodata": banner + b"\0", ".BTF": b.bytes()}))
     (tmp_path / "System.map").write_text(
         "ffffffff81000000 T _text\nffffffff82000000 D linux_banner\nffffffff82000040 D next\n"
+        "ffffffff82000080 D init_task\n"
     )
     out = tmp_path / "out.json.xz"
     argv = ["--vmlinux", str(tmp_path / "vmlinux"), "--system-map", str(tmp_path / "System.map")]
@@ -473,6 +474,9 @@ def test_committed_isf_content(committed_isf):
     assert syms["taint_flags"]["type"]["count"] == 19
     assert syms["__per_cpu_offset"]["type"]["count"] == 8192
     assert "current_task" in syms and syms["current_task"]["type"]["kind"] == "pointer"
+    # functions BTF names are typed (object_from_symbol on them: linux.sockscan)
+    assert syms["sock_def_destruct"]["type"] == {"kind": "function"}
+    assert "type" not in syms["_text"] or syms["_text"]["type"]["kind"] == "array"
     task = committed_isf["user_types"]["task_struct"]["fields"]
     for member in ("pid", "tgid", "comm", "tasks", "mm", "active_mm", "real_parent", "files"):
         assert member in task, member
@@ -553,3 +557,42 @@ def test_find_kallsyms_tables_synthetic():
         "kallsyms_token_index": base + index_at,
     }
     assert btf2isf.find_kallsyms_tables(elf, n + 1) == {}
+
+
+# --------------------------------------------------------------------------- refused inputs
+
+
+DEBIAN_STUB_MAP = (
+    "ffffffffffffffff B The real System.map is in the linux-image-<version>-dbg package\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "missing"),
+    [
+        (DEBIAN_STUB_MAP, "_text/init_task"),
+        ("ffffffff81000000 T _text\n", "init_task"),
+        ("0000000000000000 T _text\n0000000000000000 D init_task\n", "_text/init_task"),
+    ],
+)
+def test_unusable_symbol_list_is_refused_in_one_line(tmp_path, capsys, text, missing):
+    b = BtfBlob()
+    b.int_("char", 1, signed=True, char=True)
+    (tmp_path / "btf.bin").write_bytes(b.bytes())
+    (tmp_path / "System.map").write_text(text)
+    out = tmp_path / "out.json"
+    argv = ["--btf", str(tmp_path / "btf.bin"), "--system-map", str(tmp_path / "System.map")]
+    assert btf2isf.main([*argv, "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"no {missing} (with an address): not a usable symbol list" in err
+    assert "System.map of its build tree or debug package" in err and "/proc/kallsyms" in err
+    assert not out.exists()
+
+
+def test_lz4_is_a_declared_runtime_dependency():
+    """LZ4 bzImages (Debian's cloud kernels) need lz4 at run time, not only in tests."""
+    from importlib.metadata import requires
+
+    runtime = [req for req in requires("volatility3-vmrs") or [] if "extra ==" not in req]
+    assert any(req.replace(" ", "").startswith("lz4>=") for req in runtime), runtime

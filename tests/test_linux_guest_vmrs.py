@@ -13,7 +13,7 @@ from typing import Dict, List
 import pytest
 
 from tests.fixtures.linux_guest import artefacts
-from tests.support.linux_guest import LINUX_GUEST_OS_ID, VARIANTS, build_vmrs
+from tests.support.linux_guest import LINUX_GUEST_OS_ID, VARIANTS
 from tests.support.vol import flatten, vol_json
 from volatility3_vmrs.savedstate import (
     REGISTER_ID_X64,
@@ -39,13 +39,8 @@ MANIFEST = artefacts.load_manifest()
 
 
 @pytest.fixture(scope="module")
-def vmrs_files(linux_guest_elf, tmp_path_factory) -> Dict[str, Path]:
-    directory = tmp_path_factory.mktemp("linux_vmrs")
-    files = {}
-    for variant in VARIANTS:
-        files[variant] = directory / f"guest-{variant}.vmrs"
-        build_vmrs(linux_guest_elf, files[variant], variant)
-    return files
+def vmrs_files(linux_guest_vmrs) -> Dict[str, Path]:
+    return linux_guest_vmrs  # session-wide: the symbol tests use the same files
 
 
 @pytest.fixture(scope="module")

@@ -28,12 +28,20 @@ import gzip
 import io
 import json
 import lzma
+import pathlib
 import re
 import struct
 import sys
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-PRODUCER = {"name": "vmrs-btf2isf", "version": "0.1.0"}
+# linux.malware.hidden_modules (volatility3 2.28) refuses any kernel table that is not
+# dwarf2json >= 0.8.0 by name and version; the ISF carries what dwarf2json 0.9's output
+# has, so it says it is dwarf2json-compatible and names the real converter beside.
+PRODUCER = {
+    "name": "dwarf2json",
+    "version": "0.9.0",
+    "converter": "vmrs-btf2isf 0.2.0 (Linux BTF + kallsyms, dwarf2json-compatible ISF)",
+}
 ISF_FORMAT = "6.2.0"
 DEFAULT_TEXT_BASE = 0xFFFFFFFF81000000  # x86_64 link address of _text (PHYSICAL_START 16M)
 
@@ -243,6 +251,27 @@ def parse_symbol_list(text: str) -> Dict[str, int]:
             symbols[name] = addr
             is_global[name] = glob
     return symbols
+
+
+REQUIRED_SYMBOLS = ("_text", "init_task")
+
+
+class SymbolListError(ValueError):
+    """A symbol list that cannot make a working ISF (a stub map, hidden addresses)."""
+
+
+def check_symbol_list(symbols: Dict[str, int], source: str) -> None:
+    """Refuse a list without the symbols every Linux plugin needs (``_text``, ``init_task``)."""
+    missing = [name for name in REQUIRED_SYMBOLS if not symbols.get(name)]
+    if missing:
+        raise SymbolListError(
+            f"{source}: {len(symbols)} symbols, no {'/'.join(missing)} (with an address): "
+            "not a usable symbol list. A usable one lists every kernel symbol of the same "
+            "build: the System.map of its build tree or debug package (Debian's "
+            "/boot/System.map-<release> is a one-line stub), `nm -n vmlinux` of the debug "
+            "vmlinux, or /proc/kallsyms read as root (--kallsyms); or make the ISF from a "
+            "memory image with --from-image"
+        )
 
 
 def count_core_symbols(kallsyms_text: str) -> int:
@@ -986,10 +1015,15 @@ def build_isf(
     builder.build()
     extents = symbol_extents(symbols)
     var_types = builder.percpu_var_types()
+    # BTF names every non-inlined function (BTF_KIND_FUNC): typing its symbol lets
+    # object_from_symbol() work on it (linux.sockscan scans for sk_destruct handlers)
+    functions = {t.name for t in btf.types[1:] if t is not None and t.kind == "FUNC"}
     out_symbols: Dict[str, Dict[str, Any]] = {}
     for name in sorted(symbols):
         entry: Dict[str, Any] = {"address": symbols[name]}
         desc = var_types.get(name)
+        if desc is None and name in functions:
+            desc = {"kind": "function"}
         if name in global_types:
             extent = extents.get(name)
             if name == "linux_banner" and banner is not None:
@@ -1033,7 +1067,7 @@ def dumps(isf: Dict[str, Any]) -> bytes:
 # --------------------------------------------------------------------------- CLI
 
 
-def main(argv: Optional[Iterable[str]] = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="vmrs-btf2isf",
         description="Convert Linux kernel BTF + a symbol list into a Volatility 3 ISF (JSON).",
@@ -1041,7 +1075,13 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--vmlinux", help="vmlinux ELF or bzImage/vmlinuz with a .BTF section")
     src.add_argument("--btf", help="raw .BTF section (e.g. /sys/kernel/btf/vmlinux)")
-    syms = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument(
+        "--from-image",
+        metavar="FILE",
+        help="a memory image Volatility opens (.vmrs, raw, LiME, ELF core, ...): BTF, "
+        "kallsyms and banner are read from the guest's memory (no symbol list needed)",
+    )
+    syms = ap.add_mutually_exclusive_group()
     syms.add_argument("--kallsyms", help="/proc/kallsyms dump (KASLR addresses are undone)")
     syms.add_argument("--system-map", help="System.map")
     ap.add_argument(
@@ -1071,8 +1111,39 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
     ap.add_argument(
         "-o", "--output", required=True, help="output .json, .json.xz or .json.gz ('-' = stdout)"
     )
-    args = ap.parse_args(None if argv is None else list(argv))
+    return ap
 
+
+def _global_types(items: List[str]) -> Dict[str, str]:
+    global_types = dict(GLOBAL_TYPES)
+    for item in items:
+        name, _, expr = item.partition("=")
+        global_types[name.strip()] = expr.strip()
+    return global_types
+
+
+def _from_image(path: str, global_types: Dict[str, str]) -> Dict[str, Any]:
+    """The ISF of the kernel in a memory image (opened through Volatility's stackers)."""
+    from volatility3.framework import contexts  # only this route needs Volatility
+
+    from volatility3_vmrs.layers.guest_memory import kernel_symbols, open_physical
+
+    context = contexts.Context()
+    kernel = kernel_symbols(context, open_physical(context, pathlib.Path(path).resolve().as_uri()))
+    print(
+        f"{path}: Linux {kernel.release}, {kernel.num_syms} kallsyms symbols, "
+        f"BTF {len(kernel.btf)} bytes at {kernel.btf_gpa:#x}, KASLR slide "
+        + (
+            f"{kernel.virtual_shift:#x} ({kernel.virtual_shift_source})"
+            if kernel.virtual_shift is not None
+            else "unknown"
+        ),
+        file=sys.stderr,
+    )
+    return build_isf(kernel.btf, kernel.symbols, kernel.banner, "symtab", "kallsyms", global_types)
+
+
+def _from_files(args: argparse.Namespace, global_types: Dict[str, str]) -> Dict[str, Any]:
     elf: Optional[ElfFile] = None
     if args.vmlinux:
         elf = ElfFile(extract_vmlinux(read_input(args.vmlinux)))
@@ -1083,6 +1154,7 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
     if args.kallsyms:
         kallsyms_text = read_input(args.kallsyms).decode("latin-1")
         symbols = parse_symbol_list(kallsyms_text)
+        check_symbol_list(symbols, args.kallsyms)
         source = "symtab"
         if not args.keep_kaslr:
             symbols = unrelocate(symbols, kaslr_shift(symbols, args.text_base))
@@ -1092,6 +1164,7 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
                 symbols.setdefault(name, addr)
     else:
         symbols = parse_symbol_list(read_input(args.system_map).decode("latin-1"))
+        check_symbol_list(symbols, args.system_map)
         source = "system-map"
     for path in args.extra_symbols:
         for name, addr in parse_symbol_list(read_input(path).decode("latin-1")).items():
@@ -1107,12 +1180,7 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
             "warning: no banner given; Volatility will not be able to match this ISF",
             file=sys.stderr,
         )
-
-    global_types = dict(GLOBAL_TYPES)
-    for item in args.global_type:
-        name, _, expr = item.partition("=")
-        global_types[name.strip()] = expr.strip()
-    isf = build_isf(
+    return build_isf(
         btf_data,
         symbols,
         banner,
@@ -1120,8 +1188,44 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
         "kallsyms" if args.kallsyms else "System.map",
         global_types,
     )
-    write_output(args.output, dumps(isf))
+
+
+def main(argv: Optional[Iterable[str]] = None) -> int:
+    """The ``vmrs-btf2isf`` command; a refused input is one line on stderr and exit 1."""
+    ap = _parser()
+    args = ap.parse_args(None if argv is None else list(argv))
+    if not args.from_image and not (args.kallsyms or args.system_map):
+        ap.error("one of --kallsyms or --system-map is required (or use --from-image)")
+    global_types = _global_types(args.global_type)
+    try:
+        if args.from_image:
+            isf = _from_image(args.from_image, global_types)
+        else:
+            isf = _from_files(args, global_types)
+        write_output(args.output, dumps(isf))
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        print(f"vmrs-btf2isf: error: {_reason(error)}", file=sys.stderr)
+        return 1
+    except Exception as error:  # Volatility's and the reader's refusals of an image
+        if not _is_refusal(error):
+            raise
+        print(f"vmrs-btf2isf: error: {_reason(error)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return " ".join(text.split())
+
+
+def _is_refusal(error: BaseException) -> bool:
+    """An error that says what is wrong with the input (not a bug to show a traceback for)."""
+    from volatility3.framework import exceptions as vol_exceptions
+
+    from volatility3_vmrs.savedstate.errors import VmrsError
+
+    return isinstance(error, (VmrsError, vol_exceptions.VolatilityException))
 
 
 if __name__ == "__main__":
