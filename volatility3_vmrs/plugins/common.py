@@ -39,7 +39,7 @@ __all__ = [
 def primary_requirement() -> requirements.TranslationLayerRequirement:
     """The layer every plugin of the pack starts from (the .vmrs layer lies under it)."""
     return requirements.TranslationLayerRequirement(
-        name="primary", description="Memory layer stacked on the .vmrs file"
+        name="primary", description="Memory layer stacked on the Hyper-V saved state"
     )
 
 

@@ -37,7 +37,7 @@ from .legacy_pair import LegacyPair, open_legacy_pair
 from .memory import DEFAULT_CACHE_LIMIT_BLOCKS, PageReader
 from .memory_map import PAGE_SIZE, MemoryRange, map_saved_state
 from .paging import Translation, translate
-from .processors import PartitionState, RegisterSet, VirtualProcessor
+from .processors import ChunkId, PartitionState, RegisterSet, VirtualProcessor
 from .source import PathOrFile, ReadOnlySource
 from .storage import HyperVStorage, Key
 from .types import (
@@ -365,7 +365,7 @@ class SavedStateDump:
 
     def is_nested_virtualization_enabled(self) -> bool:
         """Whether any VP carries nested-virtualization chunks (rule UNVERIFIED)."""
-        nested = {0x30021000, 0x30023000}
+        nested = {ChunkId.VP_NESTED_BASE, ChunkId.VP_NESTED_CURRENT_VMCS}
         for processor in self._require_partition().vps.values():
             if any(chunk.chunk_id in nested for chunk in processor.other_chunks):
                 return True

@@ -1,15 +1,18 @@
 """The HyperVStorage container shared by ``.vmrs`` and ``.vmcx`` files.
 
-Opening reads only metadata: both headers, the replay-log header, the object-table chain
-and the key tables. Values are decoded when asked for, and values kept in file objects
-are read from the file only then, so opening a 30 GB saved state costs a few pages.
+Opening reads only metadata, in five stages, each a function of the read-only source,
+what the stage before produced and the diagnostics: headers -> replay-log overlay ->
+object tables -> key tables -> tree (plus a check that what the object tables declare
+lies inside the file). :class:`HyperVStorage` holds what they built and answers queries.
+Values are decoded when asked for, and values kept in file objects are read from the file
+only then, so opening a 30 GB saved state costs a few pages.
 
 Reading is lenient where the file is otherwise sound: a checksum that does not match, an
-unknown entry type, a key whose parent is missing, are recorded as
-:class:`~.errors.IntegrityWarning` (``HyperVStorage.warnings``) and reading goes on.
-``strict=True`` turns each of them into the matching exception. What cannot be read at
-all (no valid header, unsupported version, a structure past the end of the file that
-everything else depends on) raises at once.
+unknown entry type, a key whose parent is missing, are reported to the
+:class:`~.diagnostics.Diagnostics` (``HyperVStorage.diagnostics``) and reading goes on;
+``strict=True`` raises them (see :mod:`.diagnostics`). What cannot be read at all (no
+valid header, unsupported version, a structure past the end of the file that everything
+else depends on) raises at once.
 
 Section numbers refer to ``vmrs-format.md``.
 """
