@@ -29,6 +29,21 @@ def sample_paths() -> dict:
     return paths
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_symbol_store(tmp_path_factory):
+    """Where the pack's automagic keeps the ISFs it makes, for the whole run: a temporary
+    directory, never the user's ``~/.cache/volatility3/symbols`` (which Volatility searches:
+    an ISF left there would satisfy later runs that must make their own)."""
+    directory = tmp_path_factory.mktemp("vmrs_symbol_store")
+    previous = os.environ.get("VMRS_SYMBOLS_DIR")
+    os.environ["VMRS_SYMBOLS_DIR"] = str(directory)
+    yield directory
+    if previous is None:
+        os.environ.pop("VMRS_SYMBOLS_DIR", None)
+    else:
+        os.environ["VMRS_SYMBOLS_DIR"] = previous
+
+
 @pytest.fixture(scope="session")
 def vol_cache(tmp_path_factory) -> Path:
     """One Volatility cache for the whole run: its first build takes ~30 s."""
