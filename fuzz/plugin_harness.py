@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 PACK_PLUGINS: Dict[str, Dict[str, Any]] = {
     "vmrs.info.Info": {},
+    "vmrs.config.Config": {},
     "vmrs.keys.Keys": {},
     "vmrs.memmap.Memmap": {},
     "vmrs.registers.Registers": {},

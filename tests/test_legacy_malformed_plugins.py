@@ -75,6 +75,9 @@ def test_every_plugin_on_the_cases(case: Dict[str, Any], corpus_dir: Path):
         if plugin in NEEDS_PROCESSORS:
             assert isinstance(outcome.error, PluginRefusal), (where, outcome.error)
             assert "a legacy .bin holds guest memory only" in str(outcome.error), where
+        elif plugin == "vmrs.config.Config":  # a .bin alone holds no configuration keys
+            assert isinstance(outcome.error, PluginRefusal), (where, outcome.error)
+            assert "no VM configuration" in str(outcome.error), where
         else:
             assert outcome.error is None, (where, repr(outcome.error))
         if plugin in SHOW_ROWS:
