@@ -358,7 +358,8 @@ class PageReader:
             raw = gpa + last[2]
             within = raw & (BLOCK_SIZE - 1)
             if within + size <= BLOCK_SIZE:
-                block = self.block(raw >> 20)
+                number = raw >> 20
+                block = self._blocks.get(number) or self.block(number)
                 if block is not None:
                     if block.is_raw:
                         return self._read_raw_block(block, within, size, gpa, last[1])
@@ -406,7 +407,7 @@ class PageReader:
         while size > 0:
             number, within = divmod(offset, BLOCK_SIZE)
             length = min(size, BLOCK_SIZE - within)
-            block = self.block(number)
+            block = self._blocks.get(number) or self.block(number)
             if block is None:
                 raise MemoryReadError(
                     f"saved RAM at raw offset {offset:#x} is in {ram_block(number)}, "
