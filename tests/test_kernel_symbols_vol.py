@@ -23,18 +23,12 @@ from typing import Any, Dict, List, Tuple
 import pytest
 
 from tests.fixtures.linux_guest import artefacts
+from tests.support.linux_guest import E2E_PLUGINS
 from tests.support.vol import run_vol, vol_json
 from volatility3_vmrs.kernel.store import SYMBOLS_DIR_ENV
 
 PLUGINS = [
-    "linux.pslist",
-    "linux.pstree",
-    "linux.psaux",
-    "linux.proc.Maps",
-    "linux.envars",
-    "linux.lsmod",
-    "linux.kmsg",
-    "linux.boottime",
+    *E2E_PLUGINS,
     "linux.sockstat",
     "linux.lsof",
     "linux.mountinfo",

@@ -13,7 +13,7 @@ from typing import Dict, List
 import pytest
 
 from tests.fixtures.linux_guest import artefacts
-from tests.support.linux_guest import LINUX_GUEST_OS_ID, VARIANTS
+from tests.support.linux_guest import E2E_PLUGINS, LINUX_GUEST_OS_ID, VARIANTS
 from tests.support.vol import flatten, vol_json
 from volatility3_vmrs.savedstate import (
     REGISTER_ID_X64,
@@ -25,16 +25,7 @@ from volatility3_vmrs.savedstate import (
 )
 from volatility3_vmrs.savedstate.types import PAGING_MODE
 
-PLUGINS = [
-    "linux.pslist",
-    "linux.pstree",
-    "linux.psaux",
-    "linux.proc.Maps",
-    "linux.envars",
-    "linux.lsmod",
-    "linux.kmsg",
-    "linux.boottime",
-]
+PLUGINS = list(E2E_PLUGINS)
 MANIFEST = artefacts.load_manifest()
 
 

@@ -57,6 +57,19 @@ _QEMU_GP = (
 )
 
 
+# The stock plugins of the end-to-end suite on the real guest (the .vmrs against its ELF).
+E2E_PLUGINS = (
+    "linux.pslist",
+    "linux.pstree",
+    "linux.psaux",
+    "linux.proc.Maps",
+    "linux.envars",
+    "linux.lsmod",
+    "linux.kmsg",
+    "linux.boottime",
+)
+
+
 def segment_attributes(qemu_flags: int) -> int:
     """QEMU keeps descriptor bits 8-23 of the high dword; Hyper-V packs them in 16 bits."""
     return (qemu_flags >> 8) & 0xF0FF
