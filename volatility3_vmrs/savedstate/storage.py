@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import bisect
 import enum
+import operator
 import struct
+import zlib
 from dataclasses import dataclass, replace
-from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from . import structs as S
 from .diagnostics import Diagnostics, Kind
@@ -71,14 +73,20 @@ _LENGTH_PREFIXED = frozenset((int(KeyType.STRING), int(KeyType.ARRAY)))
 _ENTRY_HEADER_SIZE = S.KEY_ENTRY_HEADER.size
 _ENTRY_CHECKSUM_AT = S.KEY_ENTRY_HEADER.offset_of("checksum")
 
-# Bytes each fixed-size type occupies after the name.
-_FIXED_VALUE_SIZE = {
-    KeyType.INT: 8,
-    KeyType.UINT: 8,
-    KeyType.DOUBLE: 8,
-    KeyType.BOOL: 4,
-    KeyType.NODE: S.NODE_VALUE.size,
+# Bytes each fixed-size type occupies after the name (length-prefixed types: 4 + length).
+_STORED_SIZE = {
+    int(KeyType.INT): 8,
+    int(KeyType.UINT): 8,
+    int(KeyType.DOUBLE): 8,
+    int(KeyType.BOOL): 4,
+    int(KeyType.NODE): S.NODE_VALUE.size,
 }
+_unpack_pointer = S.FILE_OBJECT_POINTER.unpack_tuple  # (value_length, file_offset)
+_POINTER_SIZE = S.FILE_OBJECT_POINTER.size
+_U32 = struct.Struct("<I")
+_ZERO_CHECKSUM = bytes(4)
+_TYPE_FIELD = S.KEY_ENTRY_HEADER.field_names.index("type")
+_SIZE_FIELD = S.KEY_ENTRY_HEADER.field_names.index("size")
 
 _SCALAR_FORMATS = {
     KeyType.INT: "<q",
@@ -276,15 +284,30 @@ class _Regions:
 
 
 class _RawEntry(NamedTuple):
-    """A parsed key entry before its path is known."""
+    """A parsed key entry before its path is known.
+
+    Locations are ``table << 32 | offset`` (the parent's as the entry names it, table 0
+    being the root whatever the offset), one int per entry rather than a tuple.
+    """
 
     table_index: int
     offset: int
     file_offset: int
-    header: Any
+    type: int
+    flags: int
+    parent: int
+    insertion_sequence: int
     name: str
     value_offset: int
     value_size: int
+
+
+_new_raw_entry = tuple.__new__  # builds a _RawEntry without the NamedTuple's argument binding
+
+
+def _location(table: int, offset: int) -> int:
+    """The location a parent reference names (table 0 is the root whatever the offset)."""
+    return 0 if table == 0 else table << 32 | offset
 
 
 class HyperVStorage:
@@ -849,44 +872,119 @@ def read_key_tables(
 
 def _parse_key_table(
     diag: Diagnostics, index: int, table_offset: int, raw: bytes
-) -> Iterator[_RawEntry]:
+) -> List[_RawEntry]:
+    """Entries of one key table. Sound entries take :func:`_sound_entry`; anything
+    unusual goes through :func:`_parse_key_entry`, which reports what is wrong."""
+    entries: List[_RawEntry] = []
+    append = entries.append
+    unpack = S.KEY_ENTRY_HEADER.unpack_tuple
+    view = memoryview(raw)
     offset = S.KEY_TABLE_HEADER.size
     end = len(raw)
     # Microsoft's walk: an entry needs more than its 21-byte header before the end.
-    while offset + S.KEY_ENTRY_HEADER.size < end:
-        where = table_offset + offset
-        header = S.KEY_ENTRY_HEADER.unpack(raw, offset, where=where)
-        if header.size == 0:
-            diag.warn(
-                Kind.KEY_TREE,
-                "key entry",
-                f"table {index}: entry size 0 at table offset {offset:#x}; rest of the "
-                "table ignored",
-                offset=where,
-            )
-            return
-        if header.size < S.KEY_ENTRY_HEADER.size or offset + header.size > end:
-            diag.warn(
-                Kind.TRUNCATED,
-                "key entry",
-                f"table {index}: entry of size {header.size:#x} at table offset "
-                f"{offset:#x} does not fit in the table ({end:#x}); rest ignored",
-                offset=where,
-            )
-            return
-        entry = _parse_key_entry(diag, index, table_offset, raw, offset, header)
-        if entry is not None:
-            yield entry
-        offset += header.size
+    while offset + _ENTRY_HEADER_SIZE < end:
+        fields = unpack(raw, offset)
+        size = fields[_SIZE_FIELD]
+        if size < _ENTRY_HEADER_SIZE or offset + size > end:
+            _report_bad_entry_size(diag, index, table_offset, offset, size, end)
+            break
+        if fields[_TYPE_FIELD] != _FREE:
+            entry = _sound_entry(index, table_offset, raw, view, offset, fields)
+            if entry is None:
+                entry = _parse_key_entry(diag, index, table_offset, raw, offset)
+            if entry is not None:
+                append(entry)
+        offset += size
+    return entries
+
+
+def _sound_entry(
+    index: int, table_offset: int, raw: bytes, view: memoryview, offset: int, fields: Any
+) -> Optional[_RawEntry]:
+    """The entry at ``offset`` when nothing about it is unusual, else None (no report).
+
+    This is the path of nearly every entry: a 64 GiB saved state has 65,536 RamBlock
+    keys, so it avoids named tuples, copies of the entry and repeated lookups.
+    """
+    key_type, flags, size, parent_table, parent_offset, checksum, sequence, name_size = fields
+    entry_end = offset + size
+    name_end = offset + _ENTRY_HEADER_SIZE + name_size
+    if key_type not in _VALUE_TYPES or not name_size or name_end > entry_end or raw[name_end - 1]:
+        return None
+    if flags & S.KEY_FLAG_FILE_OBJECT:
+        stored = _POINTER_SIZE
+    else:
+        stored = _STORED_SIZE.get(key_type, 0)
+        if not stored:  # String or Array: a 32-bit length, then the payload
+            if name_end + 4 > entry_end:
+                return None
+            stored = 4 + _U32.unpack_from(raw, name_end)[0]
+    value_end = name_end + stored
+    if value_end > entry_end:
+        return None
+    checksum_at = offset + _ENTRY_CHECKSUM_AT
+    crc = zlib.crc32(view[offset:checksum_at])
+    crc = zlib.crc32(view[checksum_at + 4 : value_end], zlib.crc32(_ZERO_CHECKSUM, crc))
+    if crc != checksum:
+        return None
+    try:
+        name = raw[offset + _ENTRY_HEADER_SIZE : name_end - 1].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if not name or "/" in name:
+        return None
+    if flags & S.KEY_FLAG_FILE_OBJECT:
+        value_size, value_offset = _unpack_pointer(raw, name_end)
+    elif key_type in _LENGTH_PREFIXED:
+        value_offset, value_size = table_offset + name_end + 4, stored - 4
+    else:
+        value_offset, value_size = table_offset + name_end, stored
+    parent = 0 if parent_table == 0 else parent_table << 32 | parent_offset
+    return _new_raw_entry(
+        _RawEntry,
+        (
+            index,
+            offset,
+            table_offset + offset,
+            key_type,
+            flags,
+            parent,
+            sequence,
+            name,
+            value_offset,
+            value_size,
+        ),
+    )
+
+
+def _report_bad_entry_size(
+    diag: Diagnostics, index: int, table_offset: int, offset: int, size: int, end: int
+) -> None:
+    where = table_offset + offset
+    if size == 0:
+        diag.warn(
+            Kind.KEY_TREE,
+            "key entry",
+            f"table {index}: entry size 0 at table offset {offset:#x}; rest of the table ignored",
+            offset=where,
+        )
+    else:
+        diag.warn(
+            Kind.TRUNCATED,
+            "key entry",
+            f"table {index}: entry of size {size:#x} at table offset "
+            f"{offset:#x} does not fit in the table ({end:#x}); rest ignored",
+            offset=where,
+        )
 
 
 def _parse_key_entry(
-    diag: Diagnostics, index: int, table_offset: int, raw: bytes, offset: int, header: Any
+    diag: Diagnostics, index: int, table_offset: int, raw: bytes, offset: int
 ) -> Optional[_RawEntry]:
+    """One entry the inline path of :func:`_parse_key_table` did not accept: say why."""
     where = table_offset + offset
+    header = S.KEY_ENTRY_HEADER.unpack(raw, offset, where=where)
     entry_end = offset + header.size
-    if header.type == _FREE:
-        return None
     if header.type not in _VALUE_TYPES:
         diag.warn(
             Kind.KEY_TREE,
@@ -919,14 +1017,14 @@ def _parse_key_entry(
         return None
     # Size of the stored value (what the checksum covers) and where its payload is.
     if header.flags & S.KEY_FLAG_FILE_OBJECT:
-        stored = S.FILE_OBJECT_POINTER.size
-    elif header.type in _FIXED_VALUE_SIZE:
-        stored = _FIXED_VALUE_SIZE[header.type]
+        stored = _POINTER_SIZE
+    elif header.type in _STORED_SIZE:
+        stored = _STORED_SIZE[header.type]
     else:
         if name_end + 4 > entry_end:
             stored = 4
         else:
-            stored = 4 + struct.unpack_from("<I", raw, name_end)[0]
+            stored = 4 + _U32.unpack_from(raw, name_end)[0]
     if name_end + stored > entry_end:
         diag.warn(
             Kind.TRUNCATED,
@@ -938,7 +1036,7 @@ def _parse_key_entry(
         return None
     checksum_at = offset + _ENTRY_CHECKSUM_AT
     expected = S.crc32(
-        raw[offset:checksum_at] + b"\0\0\0\0" + raw[checksum_at + 4 : name_end + stored]
+        raw[offset:checksum_at] + _ZERO_CHECKSUM + raw[checksum_at + 4 : name_end + stored]
     )
     if expected != header.checksum:
         diag.warn(
@@ -955,7 +1053,18 @@ def _parse_key_entry(
         value_offset, value_size = table_offset + name_end + 4, stored - 4
     else:
         value_offset, value_size = table_offset + name_end, stored
-    return _RawEntry(index, offset, where, header, name, value_offset, value_size)
+    return _RawEntry(
+        index,
+        offset,
+        where,
+        header.type,
+        header.flags,
+        _location(header.parent_table, header.parent_offset),
+        header.insertion_sequence,
+        name,
+        value_offset,
+        value_size,
+    )
 
 
 def build_tree(
@@ -964,114 +1073,43 @@ def build_tree(
     file_objects: Dict[int, ObjectEntry],
     diag: Diagnostics,
 ) -> Tuple[Key, Dict[str, Key]]:
-    """Stage 5: link entries to parents by (table, offset), then give paths top down.
+    """Stage 5: link entries to parents by location, then give paths top down.
 
     Parents are resolved only after every table is read because a child may live in
     another key table than its parent (§4.2).
     """
-    by_location = {(entry.table_index, entry.offset): entry for entry in raw_entries}
-    root_location = (0, 0)
-    # Children by parent location; a walk from the root through nodes reaches every key
-    # of a sound tree in one pass.
-    by_parent: Dict[Tuple[int, int], List[_RawEntry]] = {}
+    # Children by parent location, in table and offset order (the order of raw_entries).
+    by_parent: Dict[int, List[_RawEntry]] = {}
     for entry in raw_entries:
-        by_parent.setdefault(_parent_location(entry), []).append(entry)
-    reachable: Dict[Tuple[int, int], bool] = {root_location: True}
-    pending = [root_location]
-    while pending:
-        for entry in by_parent.get(pending.pop(), ()):
-            location = (entry.table_index, entry.offset)
-            if location not in reachable:
-                reachable[location] = True
-                if entry.header.type == KeyType.NODE:
-                    pending.append(location)
-    # What the walk missed: explain each (cycle, dangling parent, parent not a node).
-    unreached = [e for e in raw_entries if (e.table_index, e.offset) not in reachable]
-    for entry in unreached:
-        chain: List[Tuple[int, int]] = []
-        on_chain = set()
-        location = (entry.table_index, entry.offset)
-        verdict: Optional[bool] = None
-        while verdict is None:
-            if location in reachable:
-                verdict = reachable[location]
-                break
-            if location in on_chain:
-                diag.warn(
-                    Kind.KEY_TREE,
-                    "key entry",
-                    f"parent chain of {by_location[location].name!r} loops back to itself "
-                    f"(table {location[0]}, offset {location[1]:#x}); those keys are dropped",
-                    offset=by_location[location].file_offset,
-                )
-                verdict = False
-                break
-            raw = by_location.get(location)
-            if raw is None:
-                child = by_location[chain[-1]]
-                diag.warn(
-                    Kind.KEY_TREE,
-                    "key entry",
-                    f"{child.name!r} names a parent at table {location[0]}, offset "
-                    f"{location[1]:#x}, where no key entry starts; it is dropped",
-                    offset=child.file_offset,
-                )
-                verdict = False
-                break
-            chain.append(location)
-            on_chain.add(location)
-            location = _parent_location(raw)
-            parent = by_location.get(location)
-            if parent is not None and parent.header.type != KeyType.NODE:
-                diag.warn(
-                    Kind.KEY_TREE,
-                    "key entry",
-                    f"{raw.name!r} has parent {parent.name!r}, which is not a node; dropped",
-                    offset=raw.file_offset,
-                )
-                verdict = False
-                break
-        for item in chain:
-            reachable[item] = verdict
-
-    children: Dict[Tuple[int, int], List[_RawEntry]] = {}
-    for location, members in by_parent.items():
-        kept = [e for e in members if reachable.get((e.table_index, e.offset))]
-        if kept:
-            children[location] = kept
-
-    root = Key(
-        source=source,
-        path="/",
-        name="",
-        type=KeyType.NODE,
-        flags=0,
-        table_index=0,
-        entry_offset=0,
-        file_offset=0,
-        insertion_sequence=0,
-        value_offset=0,
-        size=0,
-    )
+        siblings = by_parent.get(entry.parent)
+        if siblings is None:
+            by_parent[entry.parent] = [entry]
+        else:
+            siblings.append(entry)
+    root = Key(source, "/", "", KeyType.NODE, 0, 0, 0, 0, 0, 0, 0)
     keys: Dict[str, Key] = {"/": root}
-    queue = [(root_location, root, 0)]
+    queue = [(_ROOT, root, 0)]
     path_chars = 0
+    source_size = source.size
+    by_sequence = operator.itemgetter(_SEQUENCE_FIELD)
+    node = _NODE
     while queue:
         location, parent_key, depth = queue.pop()
-        if depth >= MAX_KEY_DEPTH and children.get(location):
+        siblings = by_parent.get(location)
+        if not siblings:
+            continue
+        if depth >= MAX_KEY_DEPTH:
             diag.warn(
                 Kind.KEY_TREE,
                 "key entry",
                 f"keys nested deeper than {MAX_KEY_DEPTH} levels; "
-                f"{len(children[location])} children and their subtrees dropped",
+                f"{len(siblings)} children and their subtrees dropped",
                 offset=parent_key.file_offset,
                 key_path=parent_key.path,
             )
             continue
-        siblings = children.get(location, [])
-        siblings.sort(
-            key=lambda item: (item.header.insertion_sequence, item.table_index, item.offset)
-        )
+        # Insertion order; ties keep table and offset order (the sort is stable).
+        siblings.sort(key=by_sequence)
         seen_names: Dict[str, int] = {}
         prefix = parent_key.path.rstrip("/") + "/"
         add_child = parent_key.children.append
@@ -1080,13 +1118,12 @@ def build_tree(
             # arrays of nodes (e.g. .../metrics/devicetype). The first keeps the plain
             # name, later ones get "[n]" so every path stays unique.
             name = raw.name
-            header = raw.header
             occurrence = seen_names.get(name, 0)
             seen_names[name] = occurrence + 1
             if occurrence:
                 label = f"{name}[{occurrence}]"
                 path = prefix + label
-                if header.type != KeyType.NODE:
+                if raw.type != node:
                     diag.warn(
                         Kind.KEY_TREE,
                         "key entry",
@@ -1100,12 +1137,12 @@ def build_tree(
                 source,
                 path,
                 name,
-                _KEY_TYPES[header.type],
-                header.flags,
+                _KEY_TYPES[raw.type],
+                raw.flags,
                 raw.table_index,
                 raw.offset,
                 raw.file_offset,
-                header.insertion_sequence,
+                raw.insertion_sequence,
                 raw.value_offset,
                 raw.value_size,
                 parent_key,
@@ -1121,25 +1158,93 @@ def build_tree(
                     offset=raw.file_offset,
                     key_path=path[:200],
                 )
-            if header.flags & S.KEY_FLAG_FILE_OBJECT:
-                _check_file_object(source, file_objects, key, diag)
-            if key.type is KeyType.NODE:
-                queue.append(((raw.table_index, raw.offset), key, depth + 1))
+            if raw.flags & S.KEY_FLAG_FILE_OBJECT:
+                obj = file_objects.get(raw.value_offset)
+                if (
+                    obj is None
+                    or raw.value_size > obj.size
+                    or raw.value_offset + raw.value_size > source_size
+                ):
+                    _report_file_object(source, obj, key, diag)
+            if raw.type == node:
+                queue.append((raw.table_index << 32 | raw.offset, key, depth + 1))
+    # The walk from the root through nodes reaches every key of a sound tree; explain
+    # what it did not reach (a cycle, a dangling parent, a parent that is not a node).
+    if len(keys) <= len(raw_entries):
+        reached = {key.table_index << 32 | key.entry_offset for key in keys.values()}
+        _explain_unreached(raw_entries, reached, diag)
     return root, keys
 
 
-def _parent_location(entry: _RawEntry) -> Tuple[int, int]:
-    table, offset = entry.header.parent_table, entry.header.parent_offset
-    # Table index 0 is the root sentinel whatever the offset says.
-    return (0, 0) if table == 0 else (table, offset)
+_ROOT = 0  # the location every top-level key names as its parent
+_NODE = int(KeyType.NODE)
+_SEQUENCE_FIELD = _RawEntry._fields.index("insertion_sequence")
 
 
-def _check_file_object(
-    source: ReadOnlySource, file_objects: Dict[int, ObjectEntry], key: Key, diag: Diagnostics
+def _explain_unreached(raw_entries: List[_RawEntry], reached: Set[int], diag: Diagnostics) -> None:
+    """Report why each entry outside ``reached`` (locations of the keys built, the root
+    included) hangs from no node: a parent chain that loops, a parent location where no
+    entry starts, or a parent that is not a node. Keys the depth limit dropped lead up
+    to a built key and are not reported again."""
+    by_location = {entry.table_index << 32 | entry.offset: entry for entry in raw_entries}
+    verdicts: Dict[int, bool] = dict.fromkeys(reached, True)
+    for entry in raw_entries:
+        location = entry.table_index << 32 | entry.offset
+        if location in verdicts:
+            continue
+        chain: List[int] = []
+        on_chain = set()
+        verdict: Optional[bool] = None
+        while verdict is None:
+            if location in verdicts:
+                verdict = verdicts[location]
+                break
+            if location in on_chain:
+                looped = by_location[location]
+                diag.warn(
+                    Kind.KEY_TREE,
+                    "key entry",
+                    f"parent chain of {looped.name!r} loops back to itself "
+                    f"(table {looped.table_index}, offset {looped.offset:#x}); those keys "
+                    "are dropped",
+                    offset=looped.file_offset,
+                )
+                verdict = False
+                break
+            raw = by_location.get(location)
+            if raw is None:
+                child = by_location[chain[-1]]
+                diag.warn(
+                    Kind.KEY_TREE,
+                    "key entry",
+                    f"{child.name!r} names a parent at table {location >> 32}, offset "
+                    f"{location & 0xFFFFFFFF:#x}, where no key entry starts; it is dropped",
+                    offset=child.file_offset,
+                )
+                verdict = False
+                break
+            chain.append(location)
+            on_chain.add(location)
+            location = raw.parent
+            parent = by_location.get(location)
+            if parent is not None and parent.type != _NODE:
+                diag.warn(
+                    Kind.KEY_TREE,
+                    "key entry",
+                    f"{raw.name!r} has parent {parent.name!r}, which is not a node; dropped",
+                    offset=raw.file_offset,
+                )
+                verdict = False
+                break
+        for item in chain:
+            verdicts[item] = verdict
+
+
+def _report_file_object(
+    source: ReadOnlySource, obj: Optional[ObjectEntry], key: Key, diag: Diagnostics
 ) -> None:
-    if not key.is_file_object:
-        return
-    obj = file_objects.get(key.value_offset)
+    """Say what is wrong with the file object a key points at (``obj``: the object the
+    object tables list at that offset, if any)."""
     if key.value_offset + key.size > source.size:
         diag.warn(
             Kind.TRUNCATED,

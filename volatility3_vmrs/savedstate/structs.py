@@ -30,6 +30,8 @@ class Layout:
         self.name = name
         self.fields = fields
         self._struct = struct.Struct("<" + "".join(code for _, code in fields))
+        # Plain-tuple unpacking without the bounds check, for loops over many entries.
+        self.unpack_tuple = self._struct.unpack_from
         self.size = self._struct.size
         self.field_names = tuple(field for field, _ in fields)
         self._tuple = namedtuple(re.sub(r"\W", "_", name), self.field_names, rename=True)  # type: ignore[misc]
