@@ -254,8 +254,9 @@ def memory_keys(storage: HyperVStorage, diag: Diagnostics) -> Tuple[Dict[int, Ke
     for key in storage.get(paths.SAVEDSTATE).children:
         # Numbers come from the names: keys are stored in text order, RamBlock10 first.
         name = key.name
-        if name.startswith("RamBlock") and name[8:].isdigit() and name[8:].isascii():
-            blocks[int(name[8:])] = key
+        digits = name[8:]
+        if digits.isdigit() and digits.isascii() and name.startswith("RamBlock"):
+            blocks[int(digits)] = key
             continue
         match = _RAM_MEMORY_BLOCK_NAME.match(name)
         if match:
@@ -475,23 +476,23 @@ def map_saved_state(
     parsed = [parse_range(n, key, vm_version, diag) for n, key in sorted(range_keys.items())]
     blocks: Dict[int, BlockLocation] = {}
     file_size = storage.source.file_size
+    array = KeyType.ARRAY
+    new_location = tuple.__new__  # a BlockLocation without the NamedTuple's argument binding
     for number, key in block_keys.items():
-        if key.type is not KeyType.ARRAY:
+        size = key.size
+        if key.type is array and size <= BLOCK_SIZE and key.value_offset + size <= file_size:
+            blocks[number] = new_location(BlockLocation, (number, key.path, key.value_offset, size))
+        elif key.type is not array:
             diag.warn(
                 Kind.MEMORY, "RamBlock", f"type {key.type.name}, expected Array", key_path=key.path
             )
-            continue
-        if key.size > BLOCK_SIZE:
+        elif size > BLOCK_SIZE:
             diag.warn(
                 Kind.MEMORY,
                 "RamBlock",
-                f"value of {key.size:#x} bytes is larger than 1 MiB; block unusable",
+                f"value of {size:#x} bytes is larger than 1 MiB; block unusable",
                 key_path=key.path,
             )
-            continue
-        if key.value_offset + key.size > file_size:
-            # Cut off by a truncation (already reported): missing, not half-readable.
-            continue
-        blocks[number] = BlockLocation(number, key.path, key.value_offset, key.size)
+        # else: cut off by a truncation (already reported): missing, not half-readable.
     ranges = arrange([r for r in parsed if r is not None], diag)
     return MemoryMap(ranges, blocks, find_missing(ranges, blocks, diag))

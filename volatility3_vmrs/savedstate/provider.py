@@ -32,6 +32,7 @@ from .errors import (
     TruncatedError,
     VmrsError,
 )
+from .gcpause import collector_paused
 from .legacy import LEGACY_HEADER, NotALegacyBinError, is_legacy_bin
 from .legacy_pair import LegacyPair, open_legacy_pair
 from .memory import DEFAULT_CACHE_LIMIT_BLOCKS, PageReader
@@ -152,7 +153,8 @@ class SavedStateDump:
 
     def _open_memory(self, cache_limit_blocks: int) -> Optional[PageReader]:
         try:
-            memory_map = map_saved_state(self.storage, self.diagnostics, self.vm_version)
+            with collector_paused():
+                memory_map = map_saved_state(self.storage, self.diagnostics, self.vm_version)
         except GuestMemoryNotFoundError:
             if self.partition is not None and self.storage.truncation is None:
                 raise  # a saved state whose memory keys are gone: say so at open
