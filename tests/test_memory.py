@@ -140,6 +140,11 @@ def test_cache_limit_bounds_decoded_pages():
     memory.cache_limit_blocks = 1
     for gpa, data in RANGES:
         assert memory.read_physical(gpa, len(data)) == data
+    # Long reads (scans) are decoded past the page cache; page-sized reads go through it.
+    assert memory.cached_pages == 0
+    for gpa, data in RANGES:
+        for at in range(0, len(data), PAGE):
+            assert memory.read_physical(gpa + at, PAGE) == data[at : at + PAGE]
     assert 0 < memory.cached_pages <= M.PAGES_PER_BLOCK
     memory.cache_limit_blocks = 0
     assert memory.cached_pages == 0
@@ -323,3 +328,48 @@ def test_memory_keys_the_reader_does_not_apply_are_reported():
     assert "RamMemoryBlockPageCountValid0" in found[0].message
     # Reading is unchanged (their meaning is not known well enough to apply).
     assert memory.read_physical(0, 4096) == RANGES[0][1][:4096]
+
+
+# --- long reads: raw runs in one file read, compressed blocks record by record ------------
+def test_raw_blocks_back_to_back_in_the_file_are_read_at_once(monkeypatch):
+    data = make_range(11, 3 * M.PAGES_PER_BLOCK)
+    memory = open_guest_memory(
+        HyperVStorage(io.BytesIO(SavedStateWriter([(0, data)], None).build()[0]))
+    )
+    locations = [memory.map.blocks[n] for n in range(3)]
+    contiguous = all(a.offset + a.size == b.offset for a, b in zip(locations, locations[1:]))
+    reads = []
+    source = memory._source
+    real_read = source.read
+    monkeypatch.setattr(source, "read", lambda at, size: reads.append(size) or real_read(at, size))
+    assert memory.read_physical(5, len(data) - 10) == data[5:-5]
+    assert len(reads) == (1 if contiguous else 3)
+
+
+def test_file_shrunk_under_a_raw_run_names_the_block():
+    data = make_range(12, 3 * M.PAGES_PER_BLOCK)
+    image = io.BytesIO(SavedStateWriter([(0, data)], None).build()[0])
+    memory = open_guest_memory(HyperVStorage(image))
+    second = memory.map.blocks[1]
+    image.truncate(second.offset + 100)  # the file changes under the reader
+    with pytest.raises(MemoryReadError, match="RamBlock1: the file ends inside") as caught:
+        memory.read_physical(0, len(data))
+    assert caught.value.block == "/savedstate/RamBlock1"
+
+
+def test_long_read_over_a_bad_xpress_record_fails_and_leaves_the_cache_alone():
+    block = block_of(6)
+    stream, kinds = encode_block(block)
+    first_xpress = kinds.index("xpress")
+    index = index_page_stream(stream, "/k")
+    record = list(index.out_start).index(first_xpress * PAGE)
+    start, length = index.source[record], index.data_length[record]
+    broken = stream[:start] + b"\xff" * length + stream[start + length :]
+    data, _ = SavedStateWriter([(0, block)], None, block_values={0: broken}).build()
+    memory = open_guest_memory(HyperVStorage(io.BytesIO(data)))
+    with pytest.raises(MemoryReadError, match=r"RamBlock0.*XPRESS"):
+        memory.read_physical(0, M.BLOCK_SIZE)
+    assert [d.kind.name for d in memory.diagnostics.items] == ["BAD_BLOCK"]
+    assert memory.cached_pages == 0
+    # Everything before the bad record reads in one long read, and decodes as written.
+    assert memory.read_physical(0, first_xpress * PAGE) == block[: first_xpress * PAGE]

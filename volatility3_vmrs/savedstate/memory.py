@@ -59,6 +59,9 @@ DEFAULT_CACHE_LIMIT_BLOCKS = 64
 STREAM_CACHE_BLOCKS = 2
 # Bytes read at once from a raw block once reads turn out to be sequential.
 READ_AHEAD = 0x20000
+# Reads of a compressed block this long (scans) are decoded record by record, past
+# the page cache; shorter ones (page-table walks, structures) go page by page through it.
+BULK_READ = 4 * 0x1000
 
 
 class _BlockIndex:
@@ -400,10 +403,16 @@ class PageReader:
         return b"".join(pieces), missing
 
     def read_raw(self, offset: int, size: int) -> bytes:
-        """Read the raw saved memory (all RamBlocks as one sequence of MBP pages)."""
+        """Read the raw saved memory (all RamBlocks as one sequence of MBP pages).
+
+        Raw blocks that lie back to back in the file are read with one read; the pages
+        of compressed blocks are decoded record by record into the same list of pieces,
+        so a long read is joined once.
+        """
         if offset < 0 or size < 0:
             raise MemoryReadError(f"bad raw read {offset:#x}+{size:#x}", address=offset)
-        pieces = []
+        pieces: List[bytes] = []
+        run: List[Tuple[RamBlock, int, int]] = []  # raw pieces contiguous in the file
         while size > 0:
             number, within = divmod(offset, BLOCK_SIZE)
             length = min(size, BLOCK_SIZE - within)
@@ -415,14 +424,50 @@ class PageReader:
                     address=offset,
                     block=ram_block(number),
                 )
-            pieces.append(self._read_block(block, within, length))
+            if block.is_raw:
+                if run:
+                    last, last_within, last_length = run[-1]
+                    if last.location.offset + last_within + last_length != (
+                        block.location.offset + within
+                    ):
+                        self._read_run(run, pieces)
+                run.append((block, within, length))
+            else:
+                if run:
+                    self._read_run(run, pieces)
+                if length >= BULK_READ:
+                    self._decode_span(block, within, length, pieces)
+                else:
+                    pieces.append(self._read_block(block, within, length))
             offset += length
             size -= length
-        return b"".join(pieces)
+        if run:
+            self._read_run(run, pieces)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def _read_run(self, run: List[Tuple[RamBlock, int, int]], pieces: List[bytes]) -> None:
+        """Append the bytes of raw pieces that follow each other in the file; empty ``run``."""
+        if len(run) == 1:
+            pieces.append(self._read_raw_block(*run[0]))
+        else:
+            first, within, _ = run[0]
+            start = first.location.offset + within
+            length = sum(item[2] for item in run)
+            data = self._source.read(start, length)
+            if len(data) == length:
+                self._sequential_end = start + length
+                pieces.append(data)
+            else:  # the file ends inside the run: the piece by piece read names the block
+                pieces.extend(self._read_raw_block(*item) for item in run)
+        run.clear()
 
     def _read_block(self, block: RamBlock, within: int, length: int) -> bytes:
         if block.is_raw:
             return self._read_raw_block(block, within, length)
+        if length >= BULK_READ:
+            pieces: List[bytes] = []
+            self._decode_span(block, within, length, pieces)
+            return pieces[0] if len(pieces) == 1 else b"".join(pieces)
         first = within >> PAGE_SHIFT
         last = (within + length - 1) >> PAGE_SHIFT
         if first == last:
@@ -433,6 +478,59 @@ class PageReader:
         if start == 0 and len(data) == length:
             return data
         return data[start : start + length]
+
+    def _decode_span(self, block: RamBlock, within: int, length: int, pieces: List[bytes]) -> None:
+        """Append ``length`` bytes of a compressed block from ``within``, record by record.
+
+        A long read (a scan) is served without the page cache: each record is decoded
+        once for the read, raw records are slices of the block's stream, zero fills
+        cost no decoding.
+        """
+        index, stream = self._index_of(block, within >> PAGE_SHIFT)
+        if stream is None:
+            stream = self._streams.get(block.number)
+            if stream is None:
+                stream = block.read()
+                if self._cache_limit_blocks:
+                    self._keep_stream(block.number, stream)
+        starts, lengths = index.out_start, index.out_length
+        kinds, sources = index.kind, index.source
+        end = within + length
+        record = bisect.bisect_right(starts, within) - 1
+        position = within
+        while position < end:
+            out_start = starts[record]
+            take = min(out_start + lengths[record], end) - position
+            kind = kinds[record]
+            if kind == KIND_RAW:
+                at = sources[record] + position - out_start
+                pieces.append(stream[at : at + take])
+            elif kind == KIND_FILL and sources[record] == 0:
+                pieces.append(self._zero_page if take == PAGE_SIZE else bytes(take))
+            else:
+                pieces.append(self._decode_record(block, index, record, position, take, stream))
+            position += take
+            record += 1
+
+    def _index_of(self, block: RamBlock, page: int) -> Tuple[_BlockIndex, Optional[bytes]]:
+        """A compressed block's index, and its stream when indexing had to read it (then
+        kept in the stream cache). A bad block raises :class:`MemoryReadError` (``page``:
+        the page asked for, for the message) and is reported once."""
+        index = block._index
+        if index is not None:
+            return index, None
+        try:
+            index, stream = block.index_and_stream()
+        except GuestMemoryFormatError as error:
+            self._block_failed(block, error)
+            raise MemoryReadError(
+                f"{block.key_path} cannot be decoded: {error.detail}",
+                address=(block.number * PAGES_PER_BLOCK + page) << PAGE_SHIFT,
+                block=block.key_path,
+            ) from error
+        if stream is not None and self._cache_limit_blocks:
+            self._keep_stream(block.number, stream)
+        return index, stream
 
     def _read_raw_block(
         self, block: RamBlock, within: int, length: int, gpa: int = -1, range_end: int = 0
@@ -477,19 +575,7 @@ class PageReader:
                 if self._last_block != block.number:
                     self._touch(block.number)
                 return data
-        index = block._index
-        if index is None:
-            try:
-                index, stream = block.index_and_stream()
-            except GuestMemoryFormatError as error:
-                self._block_failed(block, error)
-                raise MemoryReadError(
-                    f"{block.key_path} cannot be decoded: {error.detail}",
-                    address=(block.number * PAGES_PER_BLOCK + page) << PAGE_SHIFT,
-                    block=block.key_path,
-                ) from error
-            if stream is not None and self._cache_limit_blocks:
-                self._keep_stream(block.number, stream)
+        index, _ = self._index_of(block, page)
         page_start = page << PAGE_SHIFT
         page_end = page_start + PAGE_SIZE
         record = bisect.bisect_right(index.out_start, page_start) - 1
@@ -518,15 +604,22 @@ class PageReader:
         return block.read(offset, length)
 
     def _decode_record(
-        self, block: RamBlock, index: _BlockIndex, record: int, position: int, length: int
+        self,
+        block: RamBlock,
+        index: _BlockIndex,
+        record: int,
+        position: int,
+        length: int,
+        stream: Optional[bytes] = None,
     ) -> bytes:
-        """``length`` bytes of output at block offset ``position`` from one record."""
+        """``length`` bytes of output at block offset ``position`` from one record
+        (``stream``: the block's stored bytes when the caller holds them)."""
         kind = index.kind[record]
         skip = position - index.out_start[record]
         if kind == KIND_FILL:
+            if index.source[record] == 0:
+                return self._zero_page if length == PAGE_SIZE else bytes(length)
             pattern = struct.pack("<Q", index.source[record])
-            if pattern == b"\0" * 8 and length == PAGE_SIZE:
-                return self._zero_page
             return (pattern * ((skip + length) // 8 + 2))[skip % 8 : skip % 8 + length]
         if kind == KIND_RAW:
             return self._stored(block, index.source[record] + skip, length)
@@ -535,7 +628,8 @@ class PageReader:
         if recent is not None and recent[0] == block.number and recent[1] == record:
             output = recent[2]
         else:
-            stored = self._stored(block, index.source[record], index.data_length[record])
+            at, size = index.source[record], index.data_length[record]
+            stored = stream[at : at + size] if stream is not None else self._stored(block, at, size)
             try:
                 output = xpress.decompress(stored, out_length)
             except GuestMemoryFormatError as error:
