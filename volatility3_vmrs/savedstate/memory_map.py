@@ -32,7 +32,7 @@ from .errors import (
     UnsupportedVersionError,
 )
 from .paging import PHYSICAL_ADDRESS_BITS
-from .storage import HyperVStorage, Key, KeyType
+from .storage import HyperVStorage, Key, KeyType, ValueEntry
 from .structs import Layout
 
 PAGE_SIZE = 0x1000
@@ -242,34 +242,45 @@ class MemoryMap:
 
 
 # --- building the map from a container -------------------------------------------------
-def memory_keys(storage: HyperVStorage, diag: Diagnostics) -> Tuple[Dict[int, Key], Dict[int, Key]]:
-    """RamMemoryBlock and RamBlock keys by number (numbers from the names, §9.1)."""
+def memory_keys(
+    storage: HyperVStorage, diag: Diagnostics
+) -> Tuple[Dict[int, Key], Dict[int, ValueEntry]]:
+    """RamMemoryBlock keys and RamBlock entries by number (numbers from the names, §9.1).
+
+    RamBlocks are taken as :class:`ValueEntry` records: a 64 GiB guest has 65,536 of
+    them, and the map needs only where each value lies.
+    """
     if paths.SAVEDSTATE not in storage:
         raise GuestMemoryNotFoundError(
             "the file has no /savedstate key: it holds no saved guest memory"
         )
+    savedstate = storage.get(paths.SAVEDSTATE)
     ranges: Dict[int, Key] = {}
-    blocks: Dict[int, Key] = {}
+    blocks: Dict[int, ValueEntry] = {}
     unknown: List[str] = []
-    for key in storage.get(paths.SAVEDSTATE).children:
+    for entry in savedstate.value_entries():
         # Numbers come from the names: keys are stored in text order, RamBlock10 first.
-        name = key.name
+        name = entry.name
         digits = name[8:]
         if digits.isdigit() and digits.isascii() and name.startswith("RamBlock"):
-            blocks[int(digits)] = key
+            blocks[int(digits)] = entry
             continue
         match = _RAM_MEMORY_BLOCK_NAME.match(name)
         if match:
-            ranges[int(match.group(1))] = key
+            ranges[int(match.group(1))] = storage.get(entry.path)
             continue
-        if name.startswith(_MEMORY_KEY_PREFIXES) and not key.is_node:
-            unknown.append(key.name)
+        is_node = entry.type is KeyType.NODE
+        if name.startswith(_MEMORY_KEY_PREFIXES) and not is_node:
+            unknown.append(name)
         # Older files (UNVERIFIED): RamMemoryBlock/<n> and RamBlock/<n> as nodes.
-        if key.is_node and key.name in ("RamMemoryBlock", "RamBlock"):
-            target = ranges if key.name == "RamMemoryBlock" else blocks
-            for child in key.children:
+        if is_node and name == "RamMemoryBlock":
+            for child in storage.get(entry.path).children:
                 if child.name.isdigit():
-                    target[int(child.name)] = child
+                    ranges[int(child.name)] = child
+        elif is_node and name == "RamBlock":
+            for value in storage.get(entry.path).value_entries():
+                if value.name.isdigit():
+                    blocks[int(value.name)] = value
     if unknown:
         # Microsoft's reader knows more memory keys (page-count-valid, backing and
         # fault-cluster bitmaps, §10.1) whose effect on reading is UNVERIFIED: say that

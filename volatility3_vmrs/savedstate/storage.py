@@ -25,7 +25,7 @@ import operator
 import struct
 import zlib
 from dataclasses import dataclass, replace
-from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple, Union
 
 from . import structs as S
 from .diagnostics import Diagnostics, Kind
@@ -151,12 +151,16 @@ class Key:
     """One key of the tree: a node or a typed value.
 
     ``size`` is the length of the value in bytes (for file objects the exact length the
-    key declares, not the aligned object size). Values are decoded on request. Keys use
-    slots: a 64 GiB saved state has 65,536 RamBlock keys.
+    key declares, not the aligned object size). Values are decoded on request.
+
+    A node holds its children by label (the name, or ``name[n]`` for the n-th repeat),
+    in insertion order. Child nodes are keys from the start; a value key is made the
+    first time someone asks for it (``children``, ``child``, the storage's ``get``):
+    a 64 GiB saved state has 65,536 RamBlock values that opening never needs as keys.
     """
 
     __slots__ = (
-        "children",
+        "_entries",
         "entry_offset",
         "file_offset",
         "flags",
@@ -198,7 +202,8 @@ class Key:
         self.value_offset = value_offset
         self.size = size
         self.parent = parent
-        self.children: List[Key] = []
+        # Children by label: a Key, or the parsed entry of a value key not made yet.
+        self._entries: Dict[str, Union[Key, _RawEntry]] = {}
 
     def __repr__(self) -> str:
         return f"Key({self.path!r}, {self.type.name}, size={self.size:#x})"
@@ -224,12 +229,60 @@ class Key:
         """The decoded value: int, float, str, bytes, bool, or a dict for a node."""
         return decode_value(self)
 
+    @property
+    def children(self) -> List[Key]:
+        """The child keys in insertion order."""
+        return [self._made(label, item) for label, item in list(self._entries.items())]
+
     def child(self, name: str, index: int = 0) -> Key:
         """The ``index``-th child called ``name`` (names repeat in arrays of nodes)."""
-        matches = [child for child in self.children if child.name == name]
-        if index >= len(matches):
-            raise KeyNotFoundError(self.path.rstrip("/") + "/" + name)
-        return matches[index]
+        label = name if index == 0 else f"{name}[{index}]"
+        item = self._entries.get(label)
+        if item is None or item.name != name:
+            raise KeyNotFoundError(self.path.rstrip("/") + "/" + label)
+        return self._made(label, item)
+
+    def labelled(self, label: str) -> Optional[Key]:
+        """The child whose path ends in ``label`` (``name`` or ``name[n]``), if any."""
+        item = self._entries.get(label)
+        return None if item is None else self._made(label, item)
+
+    def value_entries(self) -> Iterator[ValueEntry]:
+        """The children as :class:`ValueEntry` records, without making keys of them."""
+        prefix = self.path.rstrip("/") + "/"
+        new_entry = tuple.__new__
+        types = _KEY_TYPES
+        for label, item in self._entries.items():
+            if type(item) is _RawEntry:
+                _, _, _, key_type, _, _, _, name, value_offset, size = item
+                yield new_entry(
+                    ValueEntry, (name, prefix + label, types[key_type], value_offset, size)
+                )
+            else:
+                yield new_entry(
+                    ValueEntry, (item.name, item.path, item.type, item.value_offset, item.size)
+                )
+
+    def _made(self, label: str, item: Union[Key, _RawEntry]) -> Key:
+        if isinstance(item, Key):
+            return item
+        key = Key(
+            self.source,
+            self.path.rstrip("/") + "/" + label,
+            item.name,
+            _KEY_TYPES[item.type],
+            item.flags,
+            item.table_index,
+            item.offset,
+            item.file_offset,
+            item.insertion_sequence,
+            item.value_offset,
+            item.value_size,
+            self,
+        )
+        # Two threads may both make it; either key is the same value, the last one stays.
+        self._entries[label] = key
+        return key
 
     def as_dict(self, arrays: bool = False) -> Dict[str, Any]:
         """Nested dicts of the subtree.
@@ -302,6 +355,16 @@ class _RawEntry(NamedTuple):
     value_size: int
 
 
+class ValueEntry(NamedTuple):
+    """A child key as the memory map needs it: no key object made for it."""
+
+    name: str
+    path: str
+    type: KeyType
+    value_offset: int
+    size: int
+
+
 _new_raw_entry = tuple.__new__  # builds a _RawEntry without the NamedTuple's argument binding
 
 
@@ -345,9 +408,7 @@ class HyperVStorage:
                 raw_entries, self.key_table_info = read_key_tables(
                     self.source, self.object_entries, diag
                 )
-                self.root, self._keys = build_tree(
-                    self.source, raw_entries, self.file_objects, diag
-                )
+                self.root = build_tree(self.source, raw_entries, self.file_objects, diag)
         except BaseException:
             self.source.close()
             raise
@@ -367,15 +428,21 @@ class HyperVStorage:
         self.close()
 
     def __contains__(self, path: str) -> bool:
-        return self._normalise(path) in self._keys
+        return self._find(path) is not None
 
     def get(self, path: str) -> Key:
         """The key at ``path`` (``/a/b/c``; a leading ``/`` is optional)."""
-        normalised = self._normalise(path)
-        try:
-            return self._keys[normalised]
-        except KeyError:
-            raise KeyNotFoundError(normalised) from None
+        key = self._find(path)
+        if key is None:
+            raise KeyNotFoundError(self._normalise(path)) from None
+        return key
+
+    def _find(self, path: str) -> Optional[Key]:
+        key: Optional[Key] = self.root
+        for label in path.split("/"):
+            if label and key is not None:
+                key = key.labelled(label)
+        return key
 
     def value(self, path: str) -> Any:
         return self.get(path).value
@@ -1072,8 +1139,9 @@ def build_tree(
     raw_entries: List[_RawEntry],
     file_objects: Dict[int, ObjectEntry],
     diag: Diagnostics,
-) -> Tuple[Key, Dict[str, Key]]:
-    """Stage 5: link entries to parents by location, then give paths top down.
+) -> Key:
+    """Stage 5: link entries to parents by location, then give labels top down; returns
+    the root.
 
     Parents are resolved only after every table is read because a child may live in
     another key table than its parent (§4.2).
@@ -1087,8 +1155,8 @@ def build_tree(
         else:
             siblings.append(entry)
     root = Key(source, "/", "", KeyType.NODE, 0, 0, 0, 0, 0, 0, 0)
-    keys: Dict[str, Key] = {"/": root}
     queue = [(_ROOT, root, 0)]
+    placed = 0
     path_chars = 0
     source_size = source.size
     by_sequence = operator.itemgetter(_SEQUENCE_FIELD)
@@ -1110,70 +1178,67 @@ def build_tree(
             continue
         # Insertion order; ties keep table and offset order (the sort is stable).
         siblings.sort(key=by_sequence)
+        placed += len(siblings)
         seen_names: Dict[str, int] = {}
         prefix = parent_key.path.rstrip("/") + "/"
-        add_child = parent_key.children.append
+        entries = parent_key._entries
         for raw in siblings:
             # Several siblings may share a name: that is how the container stores
             # arrays of nodes (e.g. .../metrics/devicetype). The first keeps the plain
             # name, later ones get "[n]" so every path stays unique.
-            name = raw.name
+            label = name = raw.name
             occurrence = seen_names.get(name, 0)
             seen_names[name] = occurrence + 1
             if occurrence:
                 label = f"{name}[{occurrence}]"
-                path = prefix + label
                 if raw.type != node:
                     diag.warn(
                         Kind.KEY_TREE,
                         "key entry",
                         f"value key name repeated under the same parent; kept as {label}",
                         offset=raw.file_offset,
-                        key_path=path,
+                        key_path=prefix + label,
                     )
-            else:
-                path = prefix + name
-            key = Key(
-                source,
-                path,
-                name,
-                _KEY_TYPES[raw.type],
-                raw.flags,
-                raw.table_index,
-                raw.offset,
-                raw.file_offset,
-                raw.insertion_sequence,
-                raw.value_offset,
-                raw.value_size,
-                parent_key,
-            )
-            add_child(key)
-            keys[path] = key
-            path_chars += len(path)
+            path_chars += len(prefix) + len(label)
             if path_chars > MAX_TOTAL_PATH_CHARS:
                 raise KeyTreeError(
                     f"key paths add up to more than {MAX_TOTAL_PATH_CHARS:#x} characters: "
                     "not a plausible key tree",
                     structure="key entry",
                     offset=raw.file_offset,
-                    key_path=path[:200],
+                    key_path=(prefix + label)[:200],
                 )
-            if raw.flags & S.KEY_FLAG_FILE_OBJECT:
+            entries[label] = raw
+            if raw.flags & _FILE_OBJECT:
                 obj = file_objects.get(raw.value_offset)
                 if (
                     obj is None
                     or raw.value_size > obj.size
                     or raw.value_offset + raw.value_size > source_size
                 ):
-                    _report_file_object(source, obj, key, diag)
+                    _report_file_object(source, obj, parent_key.labelled(label), diag)
             if raw.type == node:
+                key = parent_key.labelled(label)
                 queue.append((raw.table_index << 32 | raw.offset, key, depth + 1))
     # The walk from the root through nodes reaches every key of a sound tree; explain
     # what it did not reach (a cycle, a dangling parent, a parent that is not a node).
-    if len(keys) <= len(raw_entries):
-        reached = {key.table_index << 32 | key.entry_offset for key in keys.values()}
-        _explain_unreached(raw_entries, reached, diag)
-    return root, keys
+    if placed < len(raw_entries):
+        _explain_unreached(raw_entries, _placed_locations(root), diag)
+    return root
+
+
+def _placed_locations(root: Key) -> Set[int]:
+    """Locations of every entry the tree holds (made into a key or not), the root's too."""
+    found = {_ROOT}
+    pending = [root]
+    while pending:
+        for item in pending.pop()._entries.values():
+            if isinstance(item, Key):
+                found.add(item.table_index << 32 | item.entry_offset)
+                pending.append(item)
+            else:
+                found.add(item.table_index << 32 | item.offset)
+    return found
 
 
 _ROOT = 0  # the location every top-level key names as its parent
