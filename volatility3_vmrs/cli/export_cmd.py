@@ -3,10 +3,10 @@
 Writes a new file (``--force`` replaces an existing one, never the input), streaming
 the memory once; ``--symbols ISF`` (crash dumps of Windows guests) names the kernel's
 ISF, whose kernel is found in the guest (:mod:`volatility3_vmrs.export.winkernel`) to
-fill the header's WinDbg fields and write the KDBG decoded; ``--sha256`` hashes the output while it is written. A progress bar
-is shown on stderr only when stderr is a terminal. The summary (size, digest, holes of
-a raw image, notes such as the crash dump's WinDbg fields) goes to stdout, as one JSON
-document with ``--json``.
+fill the header's WinDbg fields and write the KDBG decoded; ``--sha256`` hashes the
+output while it is written. A progress bar is shown on stderr only when stderr is a
+terminal. The summary (size, digest, holes of a raw image, notes such as the crash
+dump's WinDbg fields) goes to stdout, as one JSON document with ``--json``.
 
 Exit status: 0 written; 2 the input cannot be used or the output cannot be written
 (one line ``vmrs export: error: ...`` on stderr, and no partial file left behind).

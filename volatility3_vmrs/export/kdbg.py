@@ -7,20 +7,21 @@ memory and expects it in clear.
 
 Since Windows 8 (x64), a kernel booted without a debugger keeps the block encoded: the
 byte ``KdpDataBlockEncoded`` is nonzero and every 64-bit word ``w`` of the block is
-stored as ``never ^ ror64(bswap64(w ^ always) ^ key, never % 64)``, where ``never`` and
-``always`` are the values of ``KiWaitNever`` / ``KiWaitAlways`` and ``key`` the address
-of ``KdpDataBlockEncoded``. Before it writes a dump, the kernel decodes the block in
-place and sets ``KdpDataBlockEncoded`` to 0 (``KdDecodeDataBlock``, called on bug
-check and for live dumps); :func:`kdbg_patches` does the same to the exported copy:
-it reads the block's header through the kernel's page tables (:class:`KernelSpace`);
-a header without the ``KDBG`` tag and a nonzero flag mean encoded: it reads the keys,
-decodes the header first, checks its ``OwnerTag`` is ``KDBG`` and its ``Size`` is sane (at most :data:`MAX_KDBG_SIZE`, a multiple of 8),
-decodes ``Size`` bytes, and returns the bytes to write at their guest-physical
-addresses instead of the saved ones. Everything else of the dump stays the saved
-memory. A block in clear is copied as is; a block whose decoded header does
-not look right is copied as is too, with a note saying why (wrong symbols, a guest
-that changed the keys). The encoding is known for 64-bit kernels only: a 32-bit guest's
-block is copied as is.
+stored as ``never ^ ror64(bswap64(w ^ always) ^ key, never % 64)``, where ``never``
+and ``always`` are the values of ``KiWaitNever`` / ``KiWaitAlways`` and ``key`` the
+address of ``KdpDataBlockEncoded``. Before it writes a dump, the kernel decodes the
+block in place and sets ``KdpDataBlockEncoded`` to 0 (``KdDecodeDataBlock``, called
+on bug check and for live dumps); :func:`kdbg_patches` does the same to the exported
+copy. It reads the block's header through the kernel's page tables
+(:class:`KernelSpace`); a header without the ``KDBG`` tag and a nonzero flag mean
+encoded: it reads the keys, decodes the header first, checks its ``OwnerTag`` is
+``KDBG`` and its ``Size`` sane (a multiple of 8, at most :data:`MAX_KDBG_SIZE`),
+decodes ``Size`` bytes, and returns them (and the flag's 0) as patches to write at
+their guest-physical addresses instead of the saved bytes. Everything else of the dump
+stays the saved memory. A block in clear is copied as is; a block whose decoded header
+does not look right is copied as is too, with a note saying why (wrong symbols, a
+guest that changed the keys). The encoding is known for 64-bit kernels only: a 32-bit
+guest's block is copied as is.
 
 No Volatility import (like the rest of :mod:`volatility3_vmrs.export`).
 """

@@ -39,7 +39,9 @@ MAX_ISF_BYTES = 1 << 30  # a decompressed kernel ISF is some 30 MiB
 
 # (shift, index bits, entry size, large page allowed) per level, top first.
 _LEVELS = {
-    PAGING_MODE.Paging_Long: ((39, 9, 8, False), (30, 9, 8, True), (21, 9, 8, True), (12, 9, 8, False)),
+    PAGING_MODE.Paging_Long: (
+        (39, 9, 8, False), (30, 9, 8, True), (21, 9, 8, True), (12, 9, 8, False)
+    ),
     PAGING_MODE.Paging_Pae: ((30, 2, 8, False), (21, 9, 8, True), (12, 9, 8, False)),
     PAGING_MODE.Paging_32Bit: ((22, 10, 4, True), (12, 10, 4, False)),
 }  # fmt: skip

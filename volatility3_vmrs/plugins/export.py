@@ -93,7 +93,9 @@ def kernel_addresses(kernel: interfaces.context.ModuleInterface) -> KernelAddres
     for symbol in KERNEL_SYMBOLS:
         try:
             address = kernel.get_absolute_symbol_address(symbol)
-            found[symbol] = layer.canonicalize(address) if isinstance(layer, intel.Intel) else address
+            found[symbol] = (
+                layer.canonicalize(address) if isinstance(layer, intel.Intel) else address
+            )
         except exceptions.SymbolError:
             vollog.info(f"the kernel's symbol table has no {symbol}: left zero")
             found[symbol] = 0
@@ -152,9 +154,7 @@ class Export(interfaces.plugins.PluginInterface):
             self.context.symbol_space.append(native.NativeTable("pdbscan", native.std_ctypes))
         scan_path = interfaces.configuration.path_join(self.config_path, "KernelPDBScanner")
         scanner = pdbscan.KernelPDBScanner(self.context, scan_path)
-        found = scanner.determine_valid_kernel(
-            self.context, [layer_name], self._progress_callback
-        )
+        found = scanner.determine_valid_kernel(self.context, [layer_name], self._progress_callback)
         if not found:
             vollog.warning("Volatility's PDB scan found no Windows kernel in the guest")
             return None
