@@ -40,7 +40,7 @@ from tests.support.linux_guest import build_vmrs
 from tests.support.partition_writer import simple_partition
 from tests.support.savedstate_writer import SavedStateWriter
 from tests.support.schemas import check_rows
-from tests.support.vol import vol_json
+from tests.support.vol import run_vol, vol_json
 from volatility3_vmrs.cli import export_cmd
 from volatility3_vmrs.export import ExportError, KernelAddresses, export, export_to_path
 from volatility3_vmrs.export.crashdump import WINDBG_NOTE
@@ -578,6 +578,16 @@ def test_plugin_writes_through_volatility_file_handler(exported, guest_vmrs, vol
     assert parsed.header.KdDebuggerDataBlock == 0
     library = exported["dmp"][0].read_bytes()
     assert path.read_bytes()[0x2000:] == library[0x2000:]
+
+
+def test_plugin_looks_for_no_windows_kernel_in_a_linux_guest(guest_vmrs, vol_cache, tmp_path):
+    """The Linux guest's layer is not a Windows one: even its crash dump runs no PDB
+    scan (the Windows guest's dmp test shows the scan's log line when it does run)."""
+    args = ["-vv", "-o", str(tmp_path), "-f", str(guest_vmrs), "vmrs.export", "--format", "dmp"]
+    proc = run_vol(args, cache=vol_cache)
+    assert "Kernel base determination" not in proc.stderr
+    assert "is not a Windows layer: no kernel symbols looked for" in proc.stderr
+    assert WINDBG_NOTE in proc.stdout
 
 
 def test_failed_export_leaves_no_partial_file(small_evidence, tmp_path, capsys):

@@ -504,6 +504,32 @@ def test_export_to_other_formats_runs_no_pdb_scan(
     assert [p.name for p in tmp_path.iterdir()] == ["windows-19041-raw.raw"]
 
 
+def test_a_kdbg_that_does_not_decode_is_copied_as_saved(
+    vmrs_files: Dict[str, Path], tmp_path: Path
+) -> None:
+    """Keys that do not fit (here KiWaitNever and KiWaitAlways swapped, as symbols of
+    another build would give) decode a header without the KDBG tag: the block is left
+    as the guest holds it, the dump's memory is the saved memory, and a note says so."""
+    from volatility3_vmrs.export import KernelAddresses, export
+
+    wrong = KernelAddresses(
+        *(kernel_symbol(name) for name in ("KdDebuggerDataBlock", "PsActiveProcessHead")),
+        kernel_symbol("PsLoadedModuleList"),
+        kernel_symbol("KdpDataBlockEncoded"),
+        ki_wait_never=kernel_symbol("KiWaitAlways"),
+        ki_wait_always=kernel_symbol("KiWaitNever"),
+    )
+    path = tmp_path / "wrong.dmp"
+    with SavedStateDump(str(vmrs_files["kdbg_encoded"])) as dump, open(path, "xb") as handle:
+        result = export(dump, "dmp", handle, kernel=wrong)
+        saved = dump.read_physical(0, 0xC00000)
+    block = kernel_symbol("KdDebuggerDataBlock")
+    (note,) = result.notes
+    assert note.startswith(f"KdDebuggerDataBlock at {block:#x} left as the guest holds it: ")
+    assert note.endswith("not b'KDBG'; the symbols may not be this kernel's")
+    assert path.read_bytes()[0x2000 : 0x2000 + len(saved)] == saved  # the first run: GPA 0
+
+
 def vmrs_command(*args: str) -> subprocess.CompletedProcess:
     command = [str(Path(sys.executable).with_name("vmrs")), "export", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
