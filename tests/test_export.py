@@ -396,6 +396,9 @@ def test_plugin_takes_the_windbg_fields_from_a_windows_kernel_symbol_table(tmp_p
     assert addresses.kd_debugger_data_block == base + isf["KdDebuggerDataBlock"]["address"]
     assert addresses.ps_active_process_head == base + isf["PsActiveProcessHead"]["address"]
     assert addresses.ps_loaded_module_list == base + isf["PsLoadedModuleList"]["address"]
+    # The KDBG's decoding keys are not in this table: left zero, so nothing is decoded.
+    assert (addresses.kdp_data_block_encoded, addresses.ki_wait_never) == (0, 0)
+    assert not addresses.decodable and addresses.space is None
 
 
 # --- synthetic Windows-flavour guests: 32-bit header, PCID masking -----------------------

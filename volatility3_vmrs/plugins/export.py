@@ -87,8 +87,10 @@ def kernel_space(layer: intel.Intel) -> KernelSpace:
 
 def kernel_addresses(kernel: interfaces.context.ModuleInterface) -> KernelAddresses:
     """The crash dump's WinDbg header fields and the KDBG's decoding keys: absolute
-    (canonical) addresses of the kernel's symbols, read through the kernel's layer."""
-    layer = kernel.context.layers[kernel.layer_name]
+    (canonical) addresses of the kernel's symbols, to be read through the kernel's
+    layer (a module whose layer is not in the context gives the addresses alone)."""
+    layers = kernel.context.layers
+    layer = layers[kernel.layer_name] if kernel.layer_name in layers else None
     found = {}
     for symbol in KERNEL_SYMBOLS:
         try:
