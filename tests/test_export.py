@@ -40,7 +40,7 @@ from tests.support.linux_guest import build_vmrs
 from tests.support.partition_writer import simple_partition
 from tests.support.savedstate_writer import SavedStateWriter
 from tests.support.schemas import check_rows
-from tests.support.vol import vol_json
+from tests.support.vol import run_vol, vol_json
 from volatility3_vmrs.cli import export_cmd
 from volatility3_vmrs.export import ExportError, KernelAddresses, export, export_to_path
 from volatility3_vmrs.export.crashdump import WINDBG_NOTE
@@ -396,6 +396,9 @@ def test_plugin_takes_the_windbg_fields_from_a_windows_kernel_symbol_table(tmp_p
     assert addresses.kd_debugger_data_block == base + isf["KdDebuggerDataBlock"]["address"]
     assert addresses.ps_active_process_head == base + isf["PsActiveProcessHead"]["address"]
     assert addresses.ps_loaded_module_list == base + isf["PsLoadedModuleList"]["address"]
+    # The KDBG's decoding keys are not in this table: left zero, so nothing is decoded.
+    assert (addresses.kdp_data_block_encoded, addresses.ki_wait_never) == (0, 0)
+    assert not addresses.decodable and addresses.space is None
 
 
 # --- synthetic Windows-flavour guests: 32-bit header, PCID masking -----------------------
@@ -578,6 +581,16 @@ def test_plugin_writes_through_volatility_file_handler(exported, guest_vmrs, vol
     assert parsed.header.KdDebuggerDataBlock == 0
     library = exported["dmp"][0].read_bytes()
     assert path.read_bytes()[0x2000:] == library[0x2000:]
+
+
+def test_plugin_looks_for_no_windows_kernel_in_a_linux_guest(guest_vmrs, vol_cache, tmp_path):
+    """The Linux guest's layer is not a Windows one: even its crash dump runs no PDB
+    scan (the Windows guest's dmp test shows the scan's log line when it does run)."""
+    args = ["-vv", "-o", str(tmp_path), "-f", str(guest_vmrs), "vmrs.export", "--format", "dmp"]
+    proc = run_vol(args, cache=vol_cache)
+    assert "Kernel base determination" not in proc.stderr
+    assert "is not a Windows layer: no kernel symbols looked for" in proc.stderr
+    assert WINDBG_NOTE in proc.stdout
 
 
 def test_failed_export_leaves_no_partial_file(small_evidence, tmp_path, capsys):

@@ -24,6 +24,9 @@ be exactly the builder's truth. Variants:
 from __future__ import annotations
 
 import datetime
+import json
+import lzma
+import subprocess
 import sys
 import time
 import uuid
@@ -40,7 +43,7 @@ from volatility3.framework.layers import intel, physical
 
 import volatility3_vmrs.layers  # noqa: F401  (one import registers the stacker)
 from tests.support import windows_vmrs as V
-from tests.support.vol import flatten, vol_json
+from tests.support.vol import flatten, run_vol, vol_json
 from tests.support.windows_content import KERNEL_BASE, SIZE_OF_IMAGE
 from tests.support.windows_guest import KERNEL_DTB_GPA, KUSER_KERNEL_VA, KUSER_USER_VA, WindowsGuest
 from tests.support.windows_isf import SYMBOLS
@@ -413,24 +416,167 @@ def test_pack_pescan_names_the_kernel_pdb(guest: WindowsGuest, run) -> None:
 
 
 # --- the crash dump of issue "[export]", checked on this guest --------------------------
-def test_crash_dump_of_the_guest_is_read_by_volatility_and_kdmp_parser(
-    guest: WindowsGuest, vmrs_files: Dict[str, Path], vol_cache: Path, tmp_path: Path
-) -> None:
+KERNEL_ISF = SYMBOL_DIR / "windows" / "ntkrnlmp.pdb" / "BBED7C2955FBE4522AAA23F4B8677AD9-1.json.xz"
+PDB_SCAN_LOG = "Kernel base determination"  # what Volatility's PDB scan logs at -vv
+
+
+def kernel_symbol(name: str) -> int:
+    return KERNEL_BASE + SYMBOLS.kernel.symbol(name)
+
+
+def check_crash_dump(path: Path, vmrs: Path, guest: WindowsGuest) -> None:
+    """kdmp-parser reads the WinDbg fields of the kernel's symbols, the KDBG in clear
+    (the block the builder encoded, found at its physical address through the kernel
+    DTB) and KdpDataBlockEncoded 0; every other byte of every page is the .vmrs's."""
     import kdmp_parser
 
-    out = tmp_path / "dmp"
-    out.mkdir()
-    args = ["-s", str(SYMBOL_DIR), "-o", str(out), "-f", str(vmrs_files["raw"])]
-    vol_json([*args, "vmrs.export", "--format", "dmp"], cache=vol_cache, timeout=300)
-    (dump_path,) = out.glob("*.dmp")
-    parsed = kdmp_parser.KernelDumpParser(dump_path)  # kept alive: its views point into it
+    parsed = kdmp_parser.KernelDumpParser(path)  # kept alive: its views point into it
     header = parsed.header
     assert header.DirectoryTableBase & ~0xFFF == guest.kernel_dtb
-    # The stock plugins on the dump (Volatility's own crash-dump layer and DTB search).
-    rows = vol_json(
-        ["-s", str(SYMBOL_DIR), "-f", str(dump_path), "windows.pslist"], cache=vol_cache
+    assert header.KdDebuggerDataBlock == kernel_symbol("KdDebuggerDataBlock")
+    assert header.PsActiveProcessHead == kernel_symbol("PsActiveProcessHead")
+    assert header.PsLoadedModuleList == kernel_symbol("PsLoadedModuleList")
+    with SavedStateDump(str(vmrs)) as dump:
+        expected: Dict[int, bytearray] = {}
+        page_size, chunks = dump.memory_chunks()
+        for chunk in chunks:
+            for index in range(chunk.start_page, chunk.start_page + chunk.page_count):
+                expected[index * page_size] = bytearray(
+                    dump.read_physical(index * page_size, 0x1000)
+                )
+        block, plain = kernel_symbol("KdDebuggerDataBlock"), guest.kdbg_plain
+        assert len(plain) == 0x340 and plain[16:20] == b"KDBG"
+        kdbg = b""
+        for at in range(0, len(plain), 8):  # the block spans pages: one GPA per 8 bytes
+            gpa = dump.virtual_to_physical(0, block + at)
+            kdbg += parsed.read_physical_page(gpa & ~0xFFF)[gpa & 0xFFF :][:8]
+            expected[gpa & ~0xFFF][gpa & 0xFFF : (gpa & 0xFFF) + 8] = plain[at : at + 8]
+        assert kdbg == plain
+        if guest.truth["kdbg_encoded"]:
+            flag = dump.virtual_to_physical(0, kernel_symbol("KdpDataBlockEncoded"))
+            assert expected[flag & ~0xFFF][flag & 0xFFF] == 1  # the saved state's
+            assert parsed.read_physical_page(flag & ~0xFFF)[flag & 0xFFF] == 0
+            expected[flag & ~0xFFF][flag & 0xFFF] = 0
+    assert sorted(parsed.pages.keys()) == sorted(expected)
+    for gpa, page in expected.items():
+        assert parsed.read_physical_page(gpa) == bytes(page), hex(gpa)
+
+
+@pytest.mark.parametrize("variant", ["raw", "kdbg_encoded"])
+def test_crash_dump_of_the_guest_is_read_by_volatility_and_kdmp_parser(
+    guest_of, vmrs_files: Dict[str, Path], vol_cache: Path, tmp_path: Path, variant: str
+) -> None:
+    """vmrs.export finds the kernel as Volatility's automagic does and fills the WinDbg
+    fields; an encoded KDBG is written decoded, so the stock windows.info on the dump
+    reads it (it reads none of it on the .vmrs of an encoded guest)."""
+    guest = guest_of(variant)
+    out = tmp_path / "dmp"
+    out.mkdir()
+    args = ["-vv", "-s", str(SYMBOL_DIR), "-o", str(out), "-f", str(vmrs_files[variant])]
+    proc = run_vol(["-r", "json", *args, "vmrs.export", "--format", "dmp"], cache=vol_cache)
+    assert PDB_SCAN_LOG in proc.stderr
+    (row,) = json.loads(proc.stdout[proc.stdout.index("[") :])
+    decoded = "KdDebuggerDataBlock at 0xfffff8005ae00b20 decoded (0x340 bytes)"
+    assert (decoded in row["Notes"]) == guest.truth["kdbg_encoded"]
+    (dump_path,) = out.glob("*.dmp")
+    check_crash_dump(dump_path, vmrs_files[variant], guest)
+    # The stock plugins on the dump (Volatility's own crash-dump layer and kernel search).
+    on_dump = ["-s", str(SYMBOL_DIR), "-f", str(dump_path)]
+    info = {
+        row["Variable"]: row["Value"]
+        for row in vol_json([*on_dump, "windows.info"], cache=vol_cache)
+    }
+    assert info["KdDebuggerDataBlock"] == hex(kernel_symbol("KdDebuggerDataBlock") & ADDRESS_MASK)
+    assert info["NTBuildLab"] == guest.truth["build_lab"][:32]
+    if variant == "raw":
+        rows = vol_json([*on_dump, "windows.pslist"], cache=vol_cache)
+        assert process_rows(rows) == expected_process_rows(processes(guest, listed_only=True))
+
+
+def test_export_to_other_formats_runs_no_pdb_scan(
+    vmrs_files: Dict[str, Path], vol_cache: Path, tmp_path: Path
+) -> None:
+    """Only a crash dump has fields for the kernel's symbols: a raw export never pays
+    Volatility's PDB scan (the dmp test above shows the scan's log line appears)."""
+    args = ["-vv", "-s", str(SYMBOL_DIR), "-o", str(tmp_path), "-f", str(vmrs_files["raw"])]
+    proc = run_vol([*args, "vmrs.export", "--format", "raw"], cache=vol_cache)
+    assert PDB_SCAN_LOG not in proc.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["windows-19041-raw.raw"]
+
+
+def test_a_kdbg_that_does_not_decode_is_copied_as_saved(
+    vmrs_files: Dict[str, Path], tmp_path: Path
+) -> None:
+    """Keys that do not fit (here KiWaitNever and KiWaitAlways swapped, as symbols of
+    another build would give) decode a header without the KDBG tag: the block is left
+    as the guest holds it, the dump's memory is the saved memory, and a note says so."""
+    from volatility3_vmrs.export import KernelAddresses, export
+
+    wrong = KernelAddresses(
+        *(kernel_symbol(name) for name in ("KdDebuggerDataBlock", "PsActiveProcessHead")),
+        kernel_symbol("PsLoadedModuleList"),
+        kernel_symbol("KdpDataBlockEncoded"),
+        ki_wait_never=kernel_symbol("KiWaitAlways"),
+        ki_wait_always=kernel_symbol("KiWaitNever"),
     )
-    assert process_rows(rows) == expected_process_rows(processes(guest, listed_only=True))
+    path = tmp_path / "wrong.dmp"
+    with SavedStateDump(str(vmrs_files["kdbg_encoded"])) as dump, open(path, "xb") as handle:
+        result = export(dump, "dmp", handle, kernel=wrong)
+        saved = dump.read_physical(0, 0xC00000)
+    block = kernel_symbol("KdDebuggerDataBlock")
+    (note,) = result.notes
+    assert note.startswith(f"KdDebuggerDataBlock at {block:#x} left as the guest holds it: ")
+    assert note.endswith("not b'KDBG'; the symbols may not be this kernel's")
+    assert path.read_bytes()[0x2000 : 0x2000 + len(saved)] == saved  # the first run: GPA 0
+
+
+def vmrs_command(*args: str) -> subprocess.CompletedProcess:
+    command = [str(Path(sys.executable).with_name("vmrs")), "export", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("variant", ["kdbg_encoded", "xpress"])
+def test_export_command_takes_the_kernel_isf(
+    guest_of, vmrs_files: Dict[str, Path], tmp_path: Path, variant: str
+) -> None:
+    """``vmrs export --symbols ISF`` finds the kernel from the ISF alone (xpress: VP 0
+    runs on the KVA-shadow CR3, so VP 1's page tables are the ones that map it)."""
+    out = tmp_path / "cli.dmp"
+    proc = vmrs_command(
+        str(vmrs_files[variant]), "--format", "dmp", "--symbols", str(KERNEL_ISF), "-o", str(out)
+    )
+    assert proc.returncode == 0, proc.stderr
+    vp = 1 if variant == "xpress" else 0
+    kernel = f"ntkrnlmp.pdb BBED7C2955FBE4522AAA23F4B8677AD9-1 at {KERNEL_BASE:#x}"
+    assert f"note: kernel {kernel} (page tables of VP {vp})" in proc.stdout
+    if variant == "kdbg_encoded":
+        check_crash_dump(out, vmrs_files[variant], guest_of(variant))
+    else:
+        import kdmp_parser
+
+        parsed = kdmp_parser.KernelDumpParser(out)  # kept alive: its views point into it
+        assert parsed.header.PsLoadedModuleList == kernel_symbol("PsLoadedModuleList")
+
+
+def test_export_command_refuses_an_isf_of_another_kernel(
+    vmrs_files: Dict[str, Path], tmp_path: Path
+) -> None:
+    with lzma.open(KERNEL_ISF, "rt") as handle:
+        document = json.load(handle)
+    document["metadata"]["windows"]["pdb"]["GUID"] = "0123456789ABCDEF0123456789ABCDEF"
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(document))
+    out = tmp_path / "refused.dmp"
+    proc = vmrs_command(
+        str(vmrs_files["raw"]), "--format", "dmp", "--symbols", str(other), "-o", str(out)
+    )
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == (
+        f"vmrs export: error: {other} is for ntkrnlmp.pdb 0123456789ABCDEF0123456789ABCDEF-1, "
+        f"but the guest's kernel is ntkrnlmp.pdb BBED7C2955FBE4522AAA23F4B8677AD9-1 at "
+        f"{KERNEL_BASE:#x}: give the ISF of that kernel\n"
+    )
+    assert not out.exists()
 
 
 # --- the same memory as a legacy .bin (issue "[legacy]"): no registers at all ----------

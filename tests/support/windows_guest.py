@@ -109,6 +109,7 @@ class WindowsGuest:
     teb: int  # the TEB of the thread the user-mode VP runs
     process_dtbs: Dict[int, int]  # pid -> _KPROCESS.DirectoryTableBase
     idle_rip: int  # where the kernel-mode VP stands (KiIdleLoop)
+    kdbg_plain: bytes = b""  # the debugger data block in clear (what an encoded one hides)
     truth: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -127,6 +128,7 @@ class _Builder:
         )
         self.kernel = AddressSpace(self.memory, "kernel", root=KERNEL_DTB_GPA)
         self.pool_next = POOL_BASE
+        self.kdbg_plain = b""
 
     # --- kernel memory -------------------------------------------------------------
     def kwrite(self, va: int, data: bytes) -> None:
@@ -239,6 +241,7 @@ class _Builder:
         kdbg.set("NtBuildLab", self.symbol("NtBuildLab"))
         kdbg.set("CmNtCSDVersion", self.symbol("CmNtCSDVersion"))
         kdbg.set("MmSystemRangeStart", self.symbol("MmSystemRangeStart"))
+        self.kdbg_plain = bytes(kdbg)
         if self.encode_kdbg:
             self.kwrite(block, self.encoded(bytes(kdbg)))
         else:
@@ -598,5 +601,6 @@ def build_windows_guest(seed: int = 19041, *, encode_kdbg: bool = False) -> Wind
         process_dtbs={spec.pid: space.root for spec, _, space in placed},
         teb=teb,
         idle_rip=builder.symbol("KiIdleLoop"),
+        kdbg_plain=builder.kdbg_plain,
         truth=facts,
     )

@@ -1,10 +1,12 @@
 """``vmrs export FILE --format raw|lime|elf|dmp -o OUT``: guest memory for other tools.
 
 Writes a new file (``--force`` replaces an existing one, never the input), streaming
-the memory once; ``--sha256`` hashes the output while it is written. A progress bar
-is shown on stderr only when stderr is a terminal. The summary (size, digest, holes of
-a raw image, notes such as the crash dump's WinDbg fields) goes to stdout, as one JSON
-document with ``--json``.
+the memory once; ``--symbols ISF`` (crash dumps of Windows guests) names the kernel's
+ISF, whose kernel is found in the guest (:mod:`volatility3_vmrs.export.winkernel`) to
+fill the header's WinDbg fields and write the KDBG decoded; ``--sha256`` hashes the
+output while it is written. A progress bar is shown on stderr only when stderr is a
+terminal. The summary (size, digest, holes of a raw image, notes such as the crash
+dump's WinDbg fields) goes to stdout, as one JSON document with ``--json``.
 
 Exit status: 0 written; 2 the input cannot be used or the output cannot be written
 (one line ``vmrs export: error: ...`` on stderr, and no partial file left behind).
@@ -17,7 +19,8 @@ import json
 import sys
 from typing import Any, Callable, Iterator, Optional
 
-from volatility3_vmrs.export import FORMATS, ExportResult, export_to_path
+from volatility3_vmrs.export import FORMATS, ExportError, ExportResult, export_to_path
+from volatility3_vmrs.export.winkernel import kernel_from_isf
 from volatility3_vmrs.savedstate import SavedStateDump
 from volatility3_vmrs.savedstate.errors import VmrsError
 
@@ -36,6 +39,11 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--sha256", action="store_true", help="SHA-256 of OUT, while writing")
     parser.add_argument(
         "--vp", type=int, metavar="N", help="VP whose CONTEXT and CR3 a crash dump carries"
+    )
+    parser.add_argument(
+        "--symbols",
+        metavar="ISF",
+        help="the Windows kernel's ISF (.json or .json.xz): fills a crash dump's WinDbg fields",
     )
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
@@ -90,6 +98,11 @@ def run(args: argparse.Namespace, *, out: Callable[[str], None] = print) -> int:
     bar = _progress(f"export {args.format}")
     try:
         with SavedStateDump(args.file) as dump:
+            kernel, kernel_note = None, None
+            if args.symbols:
+                if args.format != "dmp":
+                    raise ExportError(f"--symbols is for --format dmp only (not {args.format})")
+                kernel, kernel_note = kernel_from_isf(dump, args.symbols)
             result = export_to_path(
                 dump,
                 args.format,
@@ -99,7 +112,10 @@ def run(args: argparse.Namespace, *, out: Callable[[str], None] = print) -> int:
                 sha256=args.sha256,
                 progress=bar,
                 vp=args.vp,
+                kernel=kernel,
             )
+            if kernel_note:
+                result.notes.insert(0, kernel_note)
     except VmrsError as error:
         return _error(str(error))
     except OSError as error:

@@ -23,7 +23,7 @@ from volatility3_vmrs.savedstate import SavedStateDump
 
 from . import crashdump, elfcore, lime, raw
 from .cpu import choose_vp
-from .crashdump import KernelAddresses
+from .kdbg import KernelAddresses, KernelSpace
 from .kernelcopy import evidence_fd
 from .writer import ExportError, MemoryRange, Output, Progress, memory_ranges, open_output
 
@@ -147,6 +147,7 @@ __all__ = [
     "ExportError",
     "ExportResult",
     "KernelAddresses",
+    "KernelSpace",
     "MemoryRange",
     "export",
     "export_to_path",

@@ -14,14 +14,15 @@ a clear error (export raw, LiME or ELF then).
 ``MachineImageType`` and ``NumberProcessors`` come from the saved state, the
 ``ContextRecord`` from the VP's registers. ``KdDebuggerDataBlock``,
 ``PsActiveProcessHead`` and ``PsLoadedModuleList`` are the addresses given in
-:class:`KernelAddresses`, else zero: WinDbg needs them, kdmp-parser and Volatility
-do not (Volatility finds the kernel by scanning, from the DTB). The KDBG block in the
-dumped memory is copied as the guest holds it (encoded on Windows 8 and later).
+:class:`~.kdbg.KernelAddresses`, else zero: WinDbg needs them, kdmp-parser and
+Volatility do not (Volatility finds the kernel by scanning, from the DTB). When the
+addresses of ``KdpDataBlockEncoded``, ``KiWaitNever`` and ``KiWaitAlways`` are given
+too, an encoded KDBG (Windows 8 and later) is written decoded, as in a dump the kernel
+writes (:mod:`.kdbg`); every other byte of the memory is the saved one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 from volatility3_vmrs.savedstate import SavedStateDump
@@ -29,7 +30,8 @@ from volatility3_vmrs.savedstate.structs import Layout
 from volatility3_vmrs.savedstate.types import VIRTUAL_PROCESSOR_ARCH
 
 from .cpu import FXSAVE, CpuState, cpu_state
-from .writer import ExportError, MemoryRange, Output, copy_range
+from .kdbg import KernelAddresses, KernelSpace, kdbg_patches
+from .writer import ExportError, MemoryRange, Output, Patch, copy_range_patched
 
 EXTENSION = "dmp"
 PAGE = 0x1000
@@ -186,25 +188,10 @@ CONTEXT_I386 = Layout(
 assert CONTEXT_I386.size == 0x2CC
 
 
-@dataclass(frozen=True)
-class KernelAddresses:
-    """Kernel virtual addresses WinDbg wants in the header (from a kernel symbol table)."""
-
-    kd_debugger_data_block: int = 0
-    ps_active_process_head: int = 0
-    ps_loaded_module_list: int = 0
-
-    @property
-    def known(self) -> bool:
-        return bool(
-            self.kd_debugger_data_block or self.ps_active_process_head or self.ps_loaded_module_list
-        )
-
-
 WINDBG_NOTE = (
     "KdDebuggerDataBlock, PsActiveProcessHead and PsLoadedModuleList are zero: WinDbg "
-    "will need them (run the vmrs.export plugin with the Windows kernel's symbols); "
-    "kdmp-parser and Volatility do not"
+    "will need them (give the Windows kernel's symbols: the vmrs.export plugin finds "
+    "them, vmrs export takes --symbols ISF); kdmp-parser and Volatility do not"
 )
 
 
@@ -336,9 +323,23 @@ def write_crashdump(
     messages: List[str] = []
     if state.dtb is None:
         messages.append(f"VP {vp} has paging off: DirectoryTableBase is 0")
+    patches: List[Patch] = []
+    space = kernel.space or _vp_space(dump, state)
+    if space is not None:
+        is_64 = state.architecture == VIRTUAL_PROCESSOR_ARCH.Arch_x64
+        patches, note = kdbg_patches(dump, kernel, space, is_64=is_64)
+        if note:
+            messages.append(note)
     output.write(build_header(dump, ranges, state, kernel))
     for memory_range in ranges:
-        copy_range(dump, memory_range, output)
+        copy_range_patched(dump, memory_range, output, patches)
     if not kernel.known:
         messages.append(WINDBG_NOTE)
     return messages
+
+
+def _vp_space(dump: SavedStateDump, state: CpuState) -> Optional[KernelSpace]:
+    if state.dtb is None:
+        return None
+    registers = dump.registers(state.vp)
+    return KernelSpace(state.dtb, registers.paging_mode, registers.la57)

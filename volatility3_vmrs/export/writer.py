@@ -38,6 +38,14 @@ class ExportError(VmrsError):
 
 
 @dataclass(frozen=True)
+class Patch:
+    """Bytes an export writes at ``gpa`` instead of the saved ones (inside one page)."""
+
+    gpa: int
+    data: bytes
+
+
+@dataclass(frozen=True)
 class MemoryRange:
     """A run of guest-physical memory that the saved state holds: [gpa, gpa + size)."""
 
@@ -247,6 +255,35 @@ def copy_range(
         else:
             _read_into(dump, gpa, size, output)
         gpa += size
+
+
+def copy_range_patched(
+    dump: SavedStateDump,
+    memory_range: MemoryRange,
+    output: Output,
+    patches: Sequence[Patch],
+    page: int = 0x1000,
+) -> None:
+    """:func:`copy_range`, with each page that a patch touches read, patched and written
+    whole; the pages no patch touches are copied as :func:`copy_range` does."""
+    touched = sorted(
+        {p.gpa - p.gpa % page for p in patches if memory_range.gpa <= p.gpa < memory_range.end}
+    )
+    gpa = memory_range.gpa
+    for start in touched:
+        if start > gpa:
+            copy_range(dump, MemoryRange(gpa, start - gpa), output)
+        data = bytearray(dump.read_physical(start, page))
+        for patch in patches:
+            if start <= patch.gpa < start + page:
+                offset = patch.gpa - start
+                data[offset : offset + len(patch.data)] = patch.data
+        if len(data) != page:
+            raise ExportError(f"patched page at GPA {start:#x} is {len(data)} bytes, not {page}")
+        output.write_memory(bytes(data))
+        gpa = start + page
+    if gpa < memory_range.end:
+        copy_range(dump, MemoryRange(gpa, memory_range.end - gpa), output)
 
 
 def _read_into(dump: SavedStateDump, gpa: int, size: int, output: Output) -> None:

@@ -4,8 +4,23 @@ The file goes through Volatility's file handler, so ``vol -o DIR`` chooses where
 lands (and Volatility, not this plugin, picks a free name). The work is done by
 :mod:`volatility3_vmrs.export`; this plugin only finds the saved state under the
 primary layer, reports progress through Volatility's callback and, for ``--format
-dmp``, fills the header's KdDebuggerDataBlock / PsActiveProcessHead /
-PsLoadedModuleList from the Windows kernel's symbols when Volatility found them.
+dmp`` on a Windows guest, finds the kernel and its symbols to fill the header's
+KdDebuggerDataBlock / PsActiveProcessHead / PsLoadedModuleList and to decode the KDBG.
+
+How the kernel is found, and why not by a ``kernel`` ModuleRequirement: Volatility's
+stacker runs once and splices the stacked layers into the *first* unsatisfied
+TranslationLayerRequirement, here ``primary``; a second, optional ModuleRequirement
+never gets a layer, so the PDB scan (which only scans layers named by a requirement
+together with their ``memory_layer``) sees nothing and the module stays empty. Making
+``kernel`` the plugin's only layer would fix that, but then every run - raw, LiME and
+ELF exports, Linux guests - would pay Volatility's PDB scan (up to several passes over
+the whole memory) for fields only a crash dump has. So the plugin asks for the
+primary layer alone and, only when the format is ``dmp`` and the primary layer is a
+Windows Intel layer (the one Volatility's Windows stacker put above the .vmrs layer),
+runs the same steps the automagic would: :class:`KernelPDBScanner`'s
+``determine_valid_kernel`` on that layer, :class:`PDBUtility` to load the ISF of the
+PDB found (from ``-s`` / the symbol cache), and a module at the kernel's base. The
+addresses go into the header in canonical form (Volatility masks them to 48 bits).
 """
 
 from __future__ import annotations
@@ -16,10 +31,15 @@ import urllib.parse
 from typing import Iterator, List, Optional, Tuple
 
 from volatility3.framework import exceptions, interfaces, renderers
+from volatility3.framework.automagic import pdbscan
 from volatility3.framework.configuration import requirements
+from volatility3.framework.layers import intel
+from volatility3.framework.symbols import native
+from volatility3.framework.symbols.windows import pdbutil
 
-from volatility3_vmrs.export import FORMATS, ExportError, KernelAddresses, export
+from volatility3_vmrs.export import FORMATS, ExportError, KernelAddresses, KernelSpace, export
 from volatility3_vmrs.savedstate.errors import VmrsError
+from volatility3_vmrs.savedstate.types import PAGING_MODE
 
 from .common import find_vmrs_layer, primary_requirement, refuse, require_memory
 
@@ -33,7 +53,15 @@ COLUMNS = [
     ("VP", int),
     ("Notes", str),
 ]
-KERNEL_SYMBOLS = ("KdDebuggerDataBlock", "PsActiveProcessHead", "PsLoadedModuleList")
+KERNEL_SYMBOLS = (
+    "KdDebuggerDataBlock",
+    "PsActiveProcessHead",
+    "PsLoadedModuleList",
+    "KdpDataBlockEncoded",
+    "KiWaitNever",
+    "KiWaitAlways",
+)
+KERNEL_TABLE_CLASS = "volatility3.framework.symbols.windows.WindowsKernelIntermedSymbols"
 
 
 def output_name(location: Optional[str], extension: str) -> str:
@@ -46,12 +74,30 @@ def output_name(location: Optional[str], extension: str) -> str:
     return f"{stem}.{extension}"
 
 
+def kernel_space(layer: intel.Intel) -> KernelSpace:
+    """The DTB and paging mode of a Volatility Intel layer."""
+    if isinstance(layer, intel.Intel32e):
+        mode = PAGING_MODE.Paging_Long
+    elif isinstance(layer, intel.IntelPAE):
+        mode = PAGING_MODE.Paging_Pae
+    else:
+        mode = PAGING_MODE.Paging_32Bit
+    return KernelSpace(int(layer.config["page_map_offset"]), mode)
+
+
 def kernel_addresses(kernel: interfaces.context.ModuleInterface) -> KernelAddresses:
-    """The crash dump's WinDbg header fields: absolute addresses of the kernel's symbols."""
+    """The crash dump's WinDbg header fields and the KDBG's decoding keys: absolute
+    (canonical) addresses of the kernel's symbols, to be read through the kernel's
+    layer (a module whose layer is not in the context gives the addresses alone)."""
+    layers = kernel.context.layers
+    layer = layers[kernel.layer_name] if kernel.layer_name in layers else None
     found = {}
     for symbol in KERNEL_SYMBOLS:
         try:
-            found[symbol] = kernel.get_absolute_symbol_address(symbol)
+            address = kernel.get_absolute_symbol_address(symbol)
+            found[symbol] = (
+                layer.canonicalize(address) if isinstance(layer, intel.Intel) else address
+            )
         except exceptions.SymbolError:
             vollog.info(f"the kernel's symbol table has no {symbol}: left zero")
             found[symbol] = 0
@@ -59,6 +105,10 @@ def kernel_addresses(kernel: interfaces.context.ModuleInterface) -> KernelAddres
         kd_debugger_data_block=found["KdDebuggerDataBlock"],
         ps_active_process_head=found["PsActiveProcessHead"],
         ps_loaded_module_list=found["PsLoadedModuleList"],
+        kdp_data_block_encoded=found["KdpDataBlockEncoded"],
+        ki_wait_never=found["KiWaitNever"],
+        ki_wait_always=found["KiWaitAlways"],
+        space=kernel_space(layer) if isinstance(layer, intel.Intel) else None,
     )
 
 
@@ -90,19 +140,49 @@ class Export(interfaces.plugins.PluginInterface):
                 default=False,
                 optional=True,
             ),
-            requirements.ModuleRequirement(
-                name="kernel",
-                description="Windows kernel (fills the crash dump's WinDbg fields)",
-                architectures=["Intel32", "Intel64"],
-                optional=True,
+            requirements.VersionRequirement(
+                name="pdb_utility", component=pdbutil.PDBUtility, version=(1, 0, 1)
             ),
         ]
 
-    def _kernel_addresses(self) -> Optional[KernelAddresses]:
-        module_name = self.config.get("kernel")
-        if not module_name or module_name not in self.context.modules:
+    def _windows_kernel(self, layer_name: str) -> Optional[interfaces.context.ModuleInterface]:
+        """The Windows kernel above the .vmrs layer, found as Volatility's automagic
+        finds it (see the module docstring); None, with the reason logged, if not."""
+        layer = self.context.layers[layer_name]
+        if not isinstance(layer, intel.WindowsMixin):
+            vollog.info(f"{layer_name} is not a Windows layer: no kernel symbols looked for")
             return None
-        return kernel_addresses(self.context.modules[module_name])
+        if "pdbscan" not in self.context.symbol_space:
+            self.context.symbol_space.append(native.NativeTable("pdbscan", native.std_ctypes))
+        scan_path = interfaces.configuration.path_join(self.config_path, "KernelPDBScanner")
+        scanner = pdbscan.KernelPDBScanner(self.context, scan_path)
+        found = scanner.determine_valid_kernel(self.context, [layer_name], self._progress_callback)
+        if not found:
+            vollog.warning("Volatility's PDB scan found no Windows kernel in the guest")
+            return None
+        _layer, offset, pdb = found
+        name, guid, age = str(pdb["pdb_name"]), str(pdb["GUID"]), int(pdb["age"])  # type: ignore[arg-type]
+        table = pdbutil.PDBUtility.load_windows_symbol_table(
+            context=self.context,
+            guid=guid,
+            age=age,
+            pdb_name=name,
+            symbol_table_class=KERNEL_TABLE_CLASS,
+            config_path=interfaces.configuration.path_join(self.config_path, "kernel_symbols"),
+            progress_callback=self._progress_callback,
+        )
+        if not table:
+            vollog.warning(
+                f"the kernel is {name} {guid}-{age} at {offset:#x}, but no ISF for it is in "
+                "the symbol path (-s DIR or the symbol cache)"
+            )
+            return None
+        vollog.info(f"kernel {name} {guid}-{age} at {offset:#x}")
+        return self.context.module(table, layer_name, offset)
+
+    def _kernel_addresses(self) -> Optional[KernelAddresses]:
+        kernel = self._windows_kernel(self.config["primary"])
+        return kernel_addresses(kernel) if kernel is not None else None
 
     def _generator(self) -> Iterator[Tuple[int, Tuple]]:
         layer = find_vmrs_layer(self.context, self.config["primary"])
