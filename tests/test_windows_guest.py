@@ -556,6 +556,8 @@ def test_export_command_takes_the_kernel_isf(
 
         parsed = kdmp_parser.KernelDumpParser(out)  # kept alive: its views point into it
         assert parsed.header.PsLoadedModuleList == kernel_symbol("PsLoadedModuleList")
+        # By default the dump takes the kernel-mode VP 1: VP 0's user CR3 maps no kernel.
+        assert parsed.header.DirectoryTableBase & ~0xFFF == guest_of(variant).kernel_dtb
 
 
 def test_export_command_refuses_an_isf_of_another_kernel(

@@ -78,8 +78,8 @@ def export(
     """Write ``dump``'s memory to ``stream`` (opened for writing) in format ``fmt``.
 
     ``vp`` chooses the processor of the crash dump's CONTEXT and DTB (default: the
-    lowest VP; the ELF core carries every VP, raw and LiME none); ``kernel`` fills the
-    crash dump's WinDbg fields. ``evidence``, the path the dump was opened from,
+    lowest VP in kernel mode; the ELF core carries every VP, raw and LiME none);
+    ``kernel`` fills the crash dump's WinDbg fields. ``evidence``, the path the dump was opened from,
     lets raw RamBlocks be copied by the kernel (:mod:`.kernelcopy`).
     """
     if fmt not in FORMATS:

@@ -98,11 +98,19 @@ def cpu_state(dump: SavedStateDump, vp: int) -> CpuState:
 
 
 def choose_vp(dump: SavedStateDump, vp: Optional[int]) -> int:
-    """The asked VP (checked), else the lowest-numbered one."""
+    """The asked VP (checked), else the lowest-numbered one in kernel mode, else the
+    lowest. A VP saved in user mode of a Windows guest with KVA shadowing runs on the
+    user CR3, which does not map the kernel: a debugger given it finds no kernel."""
     indices = dump.vp_indices
     if not indices:
         raise ExportError("the saved state has no virtual processor")
     if vp is None:
+        for index in indices:
+            try:
+                if dump.in_kernel_space(index):
+                    return index
+            except VmrsError:
+                continue  # its registers are unreadable: not a candidate
         return indices[0]
     if vp not in indices:
         raise ExportError(f"no virtual processor {vp} (the file has {indices})")
