@@ -38,7 +38,10 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="the new file")
     parser.add_argument("--sha256", action="store_true", help="SHA-256 of OUT, while writing")
     parser.add_argument(
-        "--vp", type=int, metavar="N", help="VP whose CONTEXT and CR3 a crash dump carries (default: the lowest in kernel mode)"
+        "--vp",
+        type=int,
+        metavar="N",
+        help="VP whose CONTEXT and CR3 a crash dump carries (default: lowest in kernel mode)",
     )
     parser.add_argument(
         "--symbols",

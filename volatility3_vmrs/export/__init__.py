@@ -79,8 +79,8 @@ def export(
 
     ``vp`` chooses the processor of the crash dump's CONTEXT and DTB (default: the
     lowest VP in kernel mode; the ELF core carries every VP, raw and LiME none);
-    ``kernel`` fills the crash dump's WinDbg fields. ``evidence``, the path the dump was opened from,
-    lets raw RamBlocks be copied by the kernel (:mod:`.kernelcopy`).
+    ``kernel`` fills the crash dump's WinDbg fields. ``evidence``, the path the dump was
+    opened from, lets raw RamBlocks be copied by the kernel (:mod:`.kernelcopy`).
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
