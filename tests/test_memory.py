@@ -373,3 +373,19 @@ def test_long_read_over_a_bad_xpress_record_fails_and_leaves_the_cache_alone():
     assert memory.cached_pages == 0
     # Everything before the bad record reads in one long read, and decodes as written.
     assert memory.read_physical(0, first_xpress * PAGE) == block[: first_xpress * PAGE]
+
+
+def test_long_reads_of_a_file_on_disk_go_through_its_map_and_stop_if_it_shrinks(tmp_path):
+    data = make_range(13, 3 * M.PAGES_PER_BLOCK)
+    path = tmp_path / "guest.vmrs"
+    path.write_bytes(SavedStateWriter([(0, data)], None, layout="packed").build()[0])
+    memory = open_guest_memory(HyperVStorage(str(path)))
+    assert memory._source.mapped() is not None
+    assert memory.read_physical(3, len(data) - 3) == data[3:]
+    second = memory.map.blocks[1]
+    with open(path, "r+b") as handle:  # the file changes under the reader
+        handle.truncate(second.offset + 100)
+    assert memory._source.mapped() is None  # reading the map now could kill the process
+    with pytest.raises(MemoryReadError, match="RamBlock1: the file ends inside"):
+        memory.read_physical(0, len(data))
+    memory._source.close()

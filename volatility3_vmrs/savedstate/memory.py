@@ -19,7 +19,7 @@ import struct
 import threading
 from array import array
 from collections import Counter, OrderedDict
-from typing import Callable, Dict, FrozenSet, List, Optional, Set, Tuple
+from typing import Callable, Dict, FrozenSet, List, Optional, Set, Tuple, Union
 
 from . import xpress
 from .diagnostics import Diagnostics, Kind, Phase
@@ -62,6 +62,8 @@ READ_AHEAD = 0x20000
 # Reads of a compressed block this long (scans) are decoded record by record, past
 # the page cache; shorter ones (page-table walks, structures) go page by page through it.
 BULK_READ = 4 * 0x1000
+# Reads at least this long take raw blocks from the mapped file (see ReadOnlySource.mapped).
+MAPPED_READ = 0x10000
 
 
 class _BlockIndex:
@@ -267,8 +269,15 @@ class PageReader:
             location = self.map.blocks.get(number)
             if location is None:
                 return None
+            block = self._ram_block(location)
+        return block
+
+    def _ram_block(self, location: BlockLocation) -> RamBlock:
+        """The RamBlock of a map entry, made on first touch (its index is kept there)."""
+        block = self._blocks.get(location.number)
+        if block is None:
             with self._cache_lock:
-                block = self._blocks.setdefault(number, RamBlock(location, self._source))
+                block = self._blocks.setdefault(location.number, RamBlock(location, self._source))
         return block
 
     @property
@@ -362,11 +371,11 @@ class PageReader:
             within = raw & (BLOCK_SIZE - 1)
             if within + size <= BLOCK_SIZE:
                 number = raw >> 20
-                block = self._blocks.get(number) or self.block(number)
-                if block is not None:
-                    if block.is_raw:
-                        return self._read_raw_block(block, within, size, gpa, last[1])
-                    return self._read_block(block, within, size)
+                location = self.map.blocks.get(number)
+                if location is not None:
+                    if location.size == BLOCK_SIZE:  # a raw block
+                        return self._read_raw_block(location, within, size, gpa, last[1])
+                    return self._read_block(self._ram_block(location), within, size)
         pieces = []
         for start, length, raw_offset in self.map.spans(gpa, size):
             if raw_offset is None:
@@ -411,30 +420,32 @@ class PageReader:
         """
         if offset < 0 or size < 0:
             raise MemoryReadError(f"bad raw read {offset:#x}+{size:#x}", address=offset)
-        pieces: List[bytes] = []
-        run: List[Tuple[RamBlock, int, int]] = []  # raw pieces contiguous in the file
+        pieces: List[Union[bytes, memoryview]] = []
+        run: List[Tuple[BlockLocation, int, int]] = []  # raw pieces contiguous in the file
+        blocks = self.map.blocks
+        # A long read takes raw blocks as slices of the mapped file: one copy, at the join.
+        view = self._source.mapped() if size >= MAPPED_READ else None
         while size > 0:
             number, within = divmod(offset, BLOCK_SIZE)
             length = min(size, BLOCK_SIZE - within)
-            block = self._blocks.get(number) or self.block(number)
-            if block is None:
+            location = blocks.get(number)
+            if location is None:
                 raise MemoryReadError(
                     f"saved RAM at raw offset {offset:#x} is in {ram_block(number)}, "
                     "which the file does not hold",
                     address=offset,
                     block=ram_block(number),
                 )
-            if block.is_raw:
+            if location.size == BLOCK_SIZE:  # a raw block
                 if run:
                     last, last_within, last_length = run[-1]
-                    if last.location.offset + last_within + last_length != (
-                        block.location.offset + within
-                    ):
-                        self._read_run(run, pieces)
-                run.append((block, within, length))
+                    if last.offset + last_within + last_length != location.offset + within:
+                        self._read_run(run, pieces, view)
+                run.append((location, within, length))
             else:
                 if run:
-                    self._read_run(run, pieces)
+                    self._read_run(run, pieces, view)
+                block = self._ram_block(location)
                 if length >= BULK_READ:
                     self._decode_span(block, within, length, pieces)
                 else:
@@ -442,17 +453,28 @@ class PageReader:
             offset += length
             size -= length
         if run:
-            self._read_run(run, pieces)
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+            self._read_run(run, pieces, view)
+        if len(pieces) == 1:
+            piece = pieces[0]
+            return piece if isinstance(piece, bytes) else bytes(piece)
+        return b"".join(pieces)
 
-    def _read_run(self, run: List[Tuple[RamBlock, int, int]], pieces: List[bytes]) -> None:
-        """Append the bytes of raw pieces that follow each other in the file; empty ``run``."""
-        if len(run) == 1:
+    def _read_run(
+        self,
+        run: List[Tuple[BlockLocation, int, int]],
+        pieces: List[Union[bytes, memoryview]],
+        view: Optional[memoryview],
+    ) -> None:
+        """Append the bytes of raw pieces that follow each other in the file (a slice of
+        ``view``, the mapped file, when given); empty ``run``."""
+        first, within, _ = run[0]
+        start = first.offset + within
+        length = sum(item[2] for item in run)
+        if view is not None and start + length <= len(view):
+            pieces.append(view[start : start + length])
+        elif len(run) == 1:
             pieces.append(self._read_raw_block(*run[0]))
         else:
-            first, within, _ = run[0]
-            start = first.location.offset + within
-            length = sum(item[2] for item in run)
             data = self._source.read(start, length)
             if len(data) == length:
                 self._sequential_end = start + length
@@ -463,7 +485,7 @@ class PageReader:
 
     def _read_block(self, block: RamBlock, within: int, length: int) -> bytes:
         if block.is_raw:
-            return self._read_raw_block(block, within, length)
+            return self._read_raw_block(block.location, within, length)
         if length >= BULK_READ:
             pieces: List[bytes] = []
             self._decode_span(block, within, length, pieces)
@@ -479,7 +501,9 @@ class PageReader:
             return data
         return data[start : start + length]
 
-    def _decode_span(self, block: RamBlock, within: int, length: int, pieces: List[bytes]) -> None:
+    def _decode_span(
+        self, block: RamBlock, within: int, length: int, pieces: List[Union[bytes, memoryview]]
+    ) -> None:
         """Append ``length`` bytes of a compressed block from ``within``, record by record.
 
         A long read (a scan) is served without the page cache: each record is decoded
@@ -533,14 +557,16 @@ class PageReader:
         return index, stream
 
     def _read_raw_block(
-        self, block: RamBlock, within: int, length: int, gpa: int = -1, range_end: int = 0
+        self, block: BlockLocation, within: int, length: int, gpa: int = -1, range_end: int = 0
     ) -> bytes:
         """File bytes of a raw RamBlock, with read-ahead while reads are sequential.
+
+        Raw blocks need no decoding state, so they are read from their map entry alone.
 
         ``gpa``/``range_end`` (when the caller knows them) let the read-ahead also serve
         the next guest-physical reads directly, up to the end of the block or the range.
         """
-        file_offset = block.location.offset + within
+        file_offset = block.offset + within
         ahead = self._read_ahead
         if ahead is not None:
             skip = file_offset - ahead[0]

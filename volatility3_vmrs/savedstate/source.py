@@ -4,13 +4,19 @@ The file is opened ``rb`` and only ever read: a pending replay log is applied to
 overlay of patches kept in memory, never to the file. Reads use ``os.pread`` where the
 platform has it, so several threads (``vol --parallelism threads``) can share one handle
 without a seek race; file objects handed in by the caller are read under a lock.
+
+Long reads of guest RAM may instead go through a read-only memory map of the file
+(:meth:`ReadOnlySource.mapped`): slices of the map joined into the result cost one
+copy, where reading each RamBlock and joining them costs two.
 """
 
 from __future__ import annotations
 
 import bisect
 import io
+import mmap
 import os
+import sys
 import threading
 from typing import BinaryIO, Iterator, List, Optional, Tuple, Union
 
@@ -50,6 +56,9 @@ class ReadOnlySource:
         # Sorted, non-overlapping (start, bytes) patches from the replay log.
         self._patch_starts: List[int] = []
         self._patches: List[Tuple[int, bytes]] = []
+        self._map: Optional[mmap.mmap] = None
+        self._view: Optional[memoryview] = None
+        self._map_refused = not (self._owns_handle and self._fileno and sys.maxsize > 2**32)
 
     def _measure_size(self) -> int:
         if self._fileno is not None:
@@ -175,6 +184,39 @@ class ReadOnlySource:
         self._patches[first:last] = replacement
         self._patch_starts[first:last] = [start for start, _ in replacement]
 
+    def mapped(self) -> Optional[memoryview]:
+        """The file as stored, as a read-only memory view, or None when it cannot be used.
+
+        Only for a file this source opened by path, on a 64-bit Python, with no replay-log
+        overlay, and only while the file still has the size it had at open: reading a
+        mapped page that a truncation removed would kill the process, so a file that
+        changed under the reader is read with plain reads, which say what is missing.
+        """
+        if self._map_refused or self._patches:
+            return None
+        fileno = self._fileno
+        assert fileno is not None  # else the map is refused
+        if self._view is None:
+            with self._lock:
+                if self._view is None and not self._map_refused:
+                    try:
+                        self._map = mmap.mmap(fileno, 0, access=mmap.ACCESS_READ)
+                        self._view = memoryview(self._map)
+                    except (OSError, ValueError, OverflowError):
+                        self._map_refused = True  # e.g. an empty file, a pipe, no address space
+            if self._view is None:
+                return None
+        if os.fstat(fileno).st_size != len(self._view):
+            return None
+        return self._view
+
     def close(self) -> None:
+        if self._view is not None:
+            try:
+                self._view.release()
+                self._map.close()  # type: ignore[union-attr]
+            except BufferError:
+                pass  # a caller still holds a slice: the map goes when it does
+            self._view = None
         if self._owns_handle:
             self._fh.close()
