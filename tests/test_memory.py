@@ -209,8 +209,9 @@ def test_bad_stream_makes_only_its_block_unreadable():
     assert memory.page_kind_counts(memory.ranges[0]) == {"raw": 256, "bad": 256}
 
 
-def test_xpress_page_that_fails_to_decode_names_the_block():
-    block = block_of(5)
+def with_first_xpress_record_broken(seed: int):
+    """A one-block guest whose first XPRESS record is garbage: (block, its page, memory)."""
+    block = block_of(seed)
     stream, kinds = encode_block(block)
     first_xpress = kinds.index("xpress")
     index = index_page_stream(stream, "/k")
@@ -218,7 +219,11 @@ def test_xpress_page_that_fails_to_decode_names_the_block():
     start, length = index.source[record], index.data_length[record]
     broken = stream[:start] + b"\xff" * length + stream[start + length :]
     data, _ = SavedStateWriter([(0, block)], None, block_values={0: broken}).build()
-    memory = open_guest_memory(HyperVStorage(io.BytesIO(data)))
+    return block, first_xpress, open_guest_memory(HyperVStorage(io.BytesIO(data)))
+
+
+def test_xpress_page_that_fails_to_decode_names_the_block():
+    block, first_xpress, memory = with_first_xpress_record_broken(5)
     with pytest.raises(MemoryReadError, match=r"RamBlock0.*XPRESS") as caught:
         memory.read_physical(first_xpress * PAGE, PAGE)
     assert caught.value.block == "/savedstate/RamBlock0"
@@ -358,15 +363,7 @@ def test_file_shrunk_under_a_raw_run_names_the_block():
 
 
 def test_long_read_over_a_bad_xpress_record_fails_and_leaves_the_cache_alone():
-    block = block_of(6)
-    stream, kinds = encode_block(block)
-    first_xpress = kinds.index("xpress")
-    index = index_page_stream(stream, "/k")
-    record = list(index.out_start).index(first_xpress * PAGE)
-    start, length = index.source[record], index.data_length[record]
-    broken = stream[:start] + b"\xff" * length + stream[start + length :]
-    data, _ = SavedStateWriter([(0, block)], None, block_values={0: broken}).build()
-    memory = open_guest_memory(HyperVStorage(io.BytesIO(data)))
+    block, first_xpress, memory = with_first_xpress_record_broken(6)
     with pytest.raises(MemoryReadError, match=r"RamBlock0.*XPRESS"):
         memory.read_physical(0, M.BLOCK_SIZE)
     assert [d.kind.name for d in memory.diagnostics.items] == ["BAD_BLOCK"]
