@@ -307,10 +307,12 @@ def test_stock_pslist_on_elf_and_lime_equals_the_vmrs(exported, guest_vmrs, vol_
 
 def test_crash_dump_read_by_kdmp_parser(exported, dump):
     path, result, _ = exported["dmp"]
-    assert result.notes == [WINDBG_NOTE] and result.vp == 0
+    # VP 0 was saved in user mode (CS 0x33), VP 1 in the kernel: the dump takes VP 1.
+    assert [cpu["CS"]["selector"] for cpu in QEMU_CPUS] == [0x33, 0x10]
+    assert result.notes == [WINDBG_NOTE] and result.vp == 1
     parsed = kdmp_parser.KernelDumpParser(path)
     header = parsed.header
-    registers = dump.registers(0)
+    registers = dump.registers(1)
     assert parsed.type == kdmp_parser.DumpType.FullDump
     assert bytes(header.Signature.to_bytes(4, "little")) == b"PAGE"
     assert bytes(header.ValidDump.to_bytes(4, "little")) == b"DU64"
@@ -320,9 +322,9 @@ def test_crash_dump_read_by_kdmp_parser(exported, dump):
     assert header.KdDebuggerDataBlock == 0 and header.PsActiveProcessHead == 0
     assert header.PsLoadedModuleList == 0
     assert header.RequiredDumpSpace == path.stat().st_size
-    context, cpu = parsed.context, QEMU_CPUS[0]
+    context, cpu = parsed.context, QEMU_CPUS[1]
     assert (context.Rip, context.Rsp, context.EFlags) == (cpu["RIP"], cpu["RSP"], cpu["RFL"])
-    assert (context.Rax, context.R12, context.SegCs) == (cpu["RAX"], cpu["R12"], 0x33)
+    assert (context.Rax, context.R12, context.SegCs) == (cpu["RAX"], cpu["R12"], 0x10)
     assert context.MxCsr == context.MxCsr2 == cpu["MXCSR"]
     memory = header.PhysicalMemoryBlock
     assert memory.NumberOfRuns == len(ranges_of(dump))
@@ -343,20 +345,22 @@ def test_crash_dump_stacks_on_volatility_crash_layer(exported, dump):
     path, _, _ = exported["dmp"]
     _, layer = stock_stack(path, crash.WindowsCrashDumpStacker)
     assert isinstance(layer, crash.WindowsCrashDump64Layer)
-    assert layer.dtb == dump.registers(0).cr3 & 0x000F_FFFF_FFFF_F000
+    assert layer.dtb == dump.registers(1).cr3 & 0x000F_FFFF_FFFF_F000  # the kernel-mode VP
     for gpa, size in ranges_of(dump):
         for at in (gpa, gpa + size // 2 & ~0xFFF, gpa + size - 0x1000):
             assert layer.read(at, 0x1000) == dump.read_physical(at, 0x1000), hex(at)
 
 
 def test_crash_dump_context_of_another_vp(dump, tmp_path):
-    path = tmp_path / "vp1.dmp"
+    path = tmp_path / "vp0.dmp"
     with open(path, "xb") as handle:
-        result = export(dump, "dmp", handle, vp=1)
-    assert result.vp == 1
+        result = export(dump, "dmp", handle, vp=0)  # the user-mode VP, asked for
+    assert result.vp == 0
     parsed = kdmp_parser.KernelDumpParser(path)  # kept alive: its views point into it
-    context, cpu = parsed.context, QEMU_CPUS[1]
+    context, cpu = parsed.context, QEMU_CPUS[0]
     assert (context.Rip, context.Rsp, context.EFlags) == (cpu["RIP"], cpu["RSP"], cpu["RFL"])
+    assert context.SegCs == 0x33
+    assert parsed.header.DirectoryTableBase == dump.registers(0).cr3 & 0x000F_FFFF_FFFF_F000
     with pytest.raises(ExportError, match=r"no virtual processor 7 \(the file has \[0, 1\]\)"):
         export(dump, "dmp", open(tmp_path / "vp7.dmp", "xb"), vp=7)
 
@@ -572,7 +576,7 @@ def test_plugin_writes_through_volatility_file_handler(exported, guest_vmrs, vol
     assert lime_row["SHA-256"] == sha256_of(directory / "guest.lime") == library_digest
     # Crash dump: no Windows kernel in this guest, so the WinDbg fields stay zero and
     # the row says so; kdmp-parser reads the same memory as the library's dump.
-    assert dmp_row["Notes"] == WINDBG_NOTE and dmp_row["VP"] == 0
+    assert dmp_row["Notes"] == WINDBG_NOTE and dmp_row["VP"] == 1  # the kernel-mode VP
     assert lime_row["VP"] is None
     check_rows("export", [lime_row, dmp_row])
     path = directory / dmp_row["File output"]
