@@ -62,6 +62,9 @@ READ_AHEAD = 0x20000
 # Reads of a compressed block this long (scans) are decoded record by record, past
 # the page cache; shorter ones (page-table walks, structures) go page by page through it.
 BULK_READ = 4 * 0x1000
+# Long reads of a compressed block at least this long read its whole stream at once;
+# shorter ones read only the records they need (a 16 KiB structure costs no 1 MiB read).
+STREAM_READ = 0x40000
 # Reads at least this long take raw blocks from the mapped file (see ReadOnlySource.mapped).
 MAPPED_READ = 0x10000
 
@@ -507,13 +510,13 @@ class PageReader:
         """Append ``length`` bytes of a compressed block from ``within``, record by record.
 
         A long read (a scan) is served without the page cache: each record is decoded
-        once for the read, raw records are slices of the block's stream, zero fills
-        cost no decoding.
+        once for the read, raw records are slices of the block's stream (read whole for
+        long spans), zero fills cost no decoding.
         """
         index, stream = self._index_of(block, within >> PAGE_SHIFT)
         if stream is None:
             stream = self._streams.get(block.number)
-            if stream is None:
+            if stream is None and length >= STREAM_READ:
                 stream = block.read()
                 if self._cache_limit_blocks:
                     self._keep_stream(block.number, stream)
@@ -528,7 +531,9 @@ class PageReader:
             kind = kinds[record]
             if kind == KIND_RAW:
                 at = sources[record] + position - out_start
-                pieces.append(stream[at : at + take])
+                pieces.append(
+                    stream[at : at + take] if stream is not None else self._stored(block, at, take)
+                )
             elif kind == KIND_FILL and sources[record] == 0:
                 pieces.append(self._zero_page if take == PAGE_SIZE else bytes(take))
             else:
